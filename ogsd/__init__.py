@@ -1,0 +1,3 @@
+"""ogsd: optimal VPN gateway selection for Linux."""
+
+__version__ = "0.1.0"

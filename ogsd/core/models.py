@@ -1,0 +1,175 @@
+"""Domain types shared by the core rules and the adapters.
+
+Vocabulary: a *gateway* is one VPN headend (a profile HostEntry); a *probe* is one
+TCP+TLS exchange with it; a *round* probes every primary gateway concurrently; a
+*location* is the network's DNS configuration; a *decision* is the outcome of a round
+or of a cache hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Metric(StrEnum):
+    """Which per-probe figure ranks gateways."""
+
+    # TCP handshake time: the network path, immune to server-side TLS stalls
+    # (the seed's delayed-ACK case). Our default.
+    NETWORK = "network"
+    # AnyConnect's figure, SYN to FIN/ACK of the whole exchange: parity with captures.
+    EXCHANGE = "exchange"
+
+
+class Source(StrEnum):
+    """Where a decision's order came from."""
+
+    PROBES = "probes"
+    CACHE = "cache"
+    FALLBACK = "fallback"
+    SKIPPED = "skipped"
+
+
+class Reason(StrEnum):
+    """Why a decision came out as it did (machine-readable; the text says more)."""
+
+    PROBES = "probes"
+    CACHE = "cache"
+    FALLBACK = "fallback"
+    THRESHOLD_NOT_MET = "threshold-not-met"
+    SKIPPED_PROXY = "skipped-proxy"
+    NO_GATEWAY = "no-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A primary server (profile HostEntry). Only these are probed."""
+
+    host: str  # HostAddress: what is resolved and probed
+    name: str = ""  # HostName: display alias
+    user_group: str | None = None
+    backups: tuple[str, ...] = ()  # BackupServerList: failover only, never probed
+    load_balancing: tuple[str, ...] = ()  # cluster members: never probed
+    primary_protocol: str | None = None
+    port: int = 443
+
+    @property
+    def label(self) -> str:
+        """The name users know the gateway by."""
+        return self.name or self.host
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSample:
+    """One probe: a fresh TCP connection, TLS handshake, one HTTPS request, close.
+
+    Times are milliseconds; `started_at` is wall-clock epoch seconds of the SYN so a
+    decision can be checked against a capture. A failed probe has `error` set and
+    whatever figures it got before failing.
+    """
+
+    started_at: float
+    network_rtt_ms: float | None = None  # connect() time: SYN to SYN/ACK (+ACK sent)
+    tcp_info_rtt_ms: float | None = None  # kernel's smoothed RTT (TCP_INFO) after the exchange
+    exchange_ms: float | None = None  # AnyConnect's figure: SYN to our FIN/ACK
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.exchange_ms is not None
+
+    def figure(self, metric: Metric) -> float | None:
+        """This probe's value for `metric`, or None unless the probe completed."""
+        if not self.complete:
+            return None
+        return self.network_rtt_ms if metric is Metric.NETWORK else self.exchange_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCheck:
+    """What the plain-HTTP request sent before probing an uncached gateway saw."""
+
+    status: int | None = None  # HTTP status, None when nothing answered
+    location: str | None = None  # Location header of a redirect
+    proxy_detected: bool = False  # 407, or a redirect to another host (captive portal)
+    error: str | None = None
+    elapsed_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayResult:
+    """All that a round learnt about one gateway."""
+
+    host: str
+    address: str | None = None
+    samples: tuple[ProbeSample, ...] = ()
+    error: str | None = None  # resolution failure, or why no probe completed
+    proxy_check: ProxyCheck | None = None
+
+    def rtt(self, metric: Metric) -> float | None:
+        """The gateway's figure: the minimum over its completed probes (AnyConnect's rule)."""
+        values = [v for s in self.samples if (v := s.figure(metric)) is not None]
+        return min(values) if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the machine is, as OGS sees it: DNS search domain and DNS server addresses."""
+
+    domain: str
+    servers: tuple[str, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Cache keys: one `domain|server-ip` per server (AnyConnect's scheme)."""
+        return tuple(f"{self.domain}|{server}" for server in self.servers)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one evaluation, with everything needed to explain it."""
+
+    location: Location
+    source: Source
+    reason: Reason
+    reason_text: str
+    selected: str | None
+    order: tuple[str, ...]
+    metric: Metric
+    decided_at: datetime
+    results: tuple[GatewayResult, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A location's stored round: the order and figures, valid 14 days from creation.
+
+    Every key of `location` points to this one entry (AnyConnect: `domain|ip1 -> entry1`,
+    `domain|ip2 -> entry1`); one matching key means "same location".
+    """
+
+    location: Location
+    order: tuple[str, ...]
+    results: tuple[GatewayResult, ...]
+    metric: Metric
+    created_at: datetime
+    expires_at: datetime
+    entry_id: int | None = None  # the store's id; None before it is saved
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonState:
+    """What must survive a restart (e.g. ogsd restarted by a resume hook).
+
+    Persisted before it matters: on every change, not at shutdown.
+    """
+
+    last_gateway: str | None = None  # last selected / connected gateway (fallback target)
+    connected: str | None = None  # gateway of the VPN connection that is up, if any
+    last_connect_at: datetime | None = None
+    last_disconnect_at: datetime | None = None
+    connected_at_sleep: bool = False
+    sleep_started_at: datetime | None = None
+    cache_cleared_at: datetime | None = None
