@@ -41,6 +41,8 @@ class Reason(StrEnum):
     THRESHOLD_NOT_MET = "threshold-not-met"
     SKIPPED_PROXY = "skipped-proxy"
     NO_GATEWAY = "no-gateway"
+    DISABLED = "disabled"  # EnableAutomaticServerSelection is false
+    KEPT = "kept"  # previous selection stands (short suspend, recent reconnect)
 
 
 @dataclass(frozen=True, slots=True)

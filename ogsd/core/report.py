@@ -1,0 +1,29 @@
+"""The AnyConnect-style selection table, from plain rows (shared by `ogsd` and `ogsctl`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+HEADER = "*** OGS Selection Results ***"
+HOST_WIDTH = 40
+
+
+def format_rtt(rtt_ms: float | None, error: str | None) -> str:
+    """Whole milliseconds like AnyConnect, or what went wrong."""
+    if rtt_ms is None:
+        return f"unreachable: {error}" if error else "unreachable"
+    return f"{rtt_ms:.0f}" if rtt_ms >= 10 else f"{rtt_ms:.1f}"
+
+
+def selection_table(
+    rows: Sequence[tuple[str, float | None, str | None]], selected: str | None
+) -> list[str]:
+    """`*** OGS Selection Results ***`, a `Server Address  RTT (ms)` table, the verdict."""
+    width = max([HOST_WIDTH, *(len(host) + 2 for host, _, _ in rows)])
+    lines = [HEADER, f"{'Server Address':<{width}}RTT (ms)"]
+    lines += [f"{host:<{width}}{format_rtt(rtt, err)}" for host, rtt, err in rows]
+    if selected is not None:
+        lines.append(f"Selected '{selected}' as the optimal server.")
+    else:
+        lines.append("No server could be selected.")
+    return lines

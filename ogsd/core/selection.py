@@ -1,0 +1,152 @@
+"""Ranking, the improvement threshold, failover order and the 7-second fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ogsd.core.models import Decision, Gateway, GatewayResult, Location, Metric, Reason, Source
+from ogsd.core.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """Hosts with a usable figure, fastest first, then the rest in configured order."""
+
+    usable: tuple[tuple[str, float], ...]
+    unusable: tuple[str, ...]
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(h for h, _ in self.usable) + self.unusable
+
+
+def rank(results: Sequence[GatewayResult], metric: Metric) -> Ranked:
+    """Order by the gateway figure (min of its probes); ties keep the configured order."""
+    usable: list[tuple[str, float]] = []
+    unusable: list[str] = []
+    for result in results:
+        rtt = result.rtt(metric)
+        if rtt is None:
+            unusable.append(result.host)
+        else:
+            usable.append((result.host, rtt))
+    usable.sort(key=lambda pair: pair[1])  # stable: equal figures keep profile order
+    return Ranked(tuple(usable), tuple(unusable))
+
+
+def improvement_met(current_ms: float, best_ms: float, settings: Settings) -> bool:
+    """Switch only for a relative gain of N % *and* an absolute gain of the floor in ms.
+
+    The percentage is AnyConnect's AutoServerSelectionImprovement; the floor stops two
+    gateways a few ms apart from flip-flopping on measurement noise.
+    """
+    if current_ms <= 0:
+        return False
+    gain = current_ms - best_ms
+    return (
+        gain * 100 >= settings.improvement_percent * current_ms
+        and gain >= settings.improvement_floor_ms
+    )
+
+
+def failover_order(
+    first: str, ranked_hosts: Sequence[str], gateways: Iterable[Gateway]
+) -> tuple[str, ...]:
+    """Optimal gateway, its BackupServerList, then the rest in OGS order, each followed
+    by its own backups (our choice: a backup is closer to its primary than to strangers).
+    """
+    backups = {g.host: g.backups for g in gateways}
+    order: list[str] = []
+    for host in (first, *ranked_hosts):
+        for candidate in (host, *backups.get(host, ())):
+            if candidate not in order:
+                order.append(candidate)
+    return tuple(order)
+
+
+def _fmt(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
+
+
+def decide_round(
+    *,
+    location: Location,
+    gateways: Sequence[Gateway],
+    results: Sequence[GatewayResult],
+    settings: Settings,
+    now: datetime,
+    current: str | None = None,
+    last_gateway: str | None = None,
+    apply_threshold: bool = False,
+) -> Decision:
+    """Turn a probe round into a decision.
+
+    `current` is the gateway the user is on (the threshold compares against it when
+    `apply_threshold`); `last_gateway` is the fallback when nothing answered in time.
+    """
+    metric = settings.metric
+    ranked = rank(results, metric)
+
+    def decision(source: Source, reason: Reason, text: str, selected: str | None,
+                 order: tuple[str, ...]) -> Decision:
+        return Decision(location=location, source=source, reason=reason, reason_text=text,
+                        selected=selected, order=order, metric=metric, decided_at=now,
+                        results=tuple(results))
+
+    if not ranked.usable:
+        configured = tuple(g.host for g in gateways)
+        deadline_s = settings.round_deadline.total_seconds()
+        if last_gateway is not None:
+            return decision(
+                Source.FALLBACK, Reason.FALLBACK,
+                f"no probe result within {deadline_s:g} s; previous gateway "
+                f"'{last_gateway}' used",
+                last_gateway, failover_order(last_gateway, configured, gateways))
+        return decision(Source.FALLBACK, Reason.NO_GATEWAY,
+                        f"no probe result within {deadline_s:g} s and no previous gateway",
+                        None, ())
+
+    best_host, best_ms = ranked.usable[0]
+    figures = dict(ranked.usable)
+    if apply_threshold and current is not None and current != best_host:
+        current_ms = figures.get(current)
+        if current_ms is not None and not improvement_met(current_ms, best_ms, settings):
+            return decision(
+                Source.PROBES, Reason.THRESHOLD_NOT_MET,
+                f"'{best_host}' ({_fmt(best_ms)}) is not at least "
+                f"{settings.improvement_percent} % and {settings.improvement_floor_ms:g} ms "
+                f"better than current '{current}' ({_fmt(current_ms)}); staying",
+                current, failover_order(current, ranked.hosts, gateways))
+    text = f"fastest by {metric.value} RTT: {_fmt(best_ms)}"
+    if len(ranked.usable) > 1:
+        runner, runner_ms = ranked.usable[1]
+        text += f"; next '{runner}' at {_fmt(runner_ms)}"
+    return decision(Source.PROBES, Reason.PROBES, text, best_host,
+                    failover_order(best_host, ranked.hosts, gateways))
+
+
+def decide_from_cache(
+    *, location: Location, order: tuple[str, ...], results: tuple[GatewayResult, ...],
+    metric: Metric, cached_at: datetime, expires_at: datetime, now: datetime,
+) -> Decision:
+    """A decision served from a valid cache entry: no probes were sent."""
+    return Decision(
+        location=location, source=Source.CACHE, reason=Reason.CACHE,
+        reason_text=(f"cached for this location since {cached_at.isoformat(timespec='seconds')}"
+                     f", valid until {expires_at.isoformat(timespec='seconds')}"),
+        selected=order[0] if order else None, order=order, metric=metric, decided_at=now,
+        results=results)
+
+
+def decide_skipped(*, location: Location, reason: Reason, text: str, metric: Metric,
+                   now: datetime, last_gateway: str | None,
+                   gateways: Sequence[Gateway]) -> Decision:
+    """No OGS performed (proxy auto-detection, disabled): keep the previous gateway."""
+    configured = tuple(g.host for g in gateways)
+    first = last_gateway or (configured[0] if configured else None)
+    order = failover_order(first, configured, gateways) if first else ()
+    return Decision(location=location, source=Source.SKIPPED, reason=reason,
+                    reason_text=text, selected=first, order=order, metric=metric,
+                    decided_at=now)
