@@ -12,16 +12,26 @@ def same_location(a: Location, b: Location) -> bool:
     return not set(a.keys).isdisjoint(b.keys)
 
 
-def is_valid(entry: CacheEntry, now: datetime) -> bool:
-    """An entry is used until its expiry, counted from when it was first cached."""
-    return entry.created_at <= now < entry.expires_at
+def is_valid(entry: CacheEntry, now: datetime, lifetime: timedelta | None = None) -> bool:
+    """An entry is used until its expiry, counted from when it was first cached.
+
+    A `lifetime` shorter than the one the entry was stored with wins: lowering the
+    setting takes effect for entries already cached.
+    """
+    expires = entry.expires_at
+    if lifetime is not None:
+        expires = min(expires, entry.created_at + lifetime)
+    return entry.created_at <= now < expires
 
 
-def usable_entry(entry: CacheEntry | None, location: Location, now: datetime) -> CacheEntry | None:
+def usable_entry(
+    entry: CacheEntry | None, location: Location, now: datetime,
+    lifetime: timedelta | None = None,
+) -> CacheEntry | None:
     """The entry if it belongs to `location` and is still valid at `now`, else None."""
     if entry is None or not same_location(entry.location, location):
         return None
-    return entry if is_valid(entry, now) else None
+    return entry if is_valid(entry, now, lifetime) else None
 
 
 def entry_from_decision(decision: Decision, lifetime: timedelta) -> CacheEntry:

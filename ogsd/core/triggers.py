@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ogsd.core.cache import usable_entry
+from ogsd.core.cache import same_location, usable_entry
 from ogsd.core.models import CacheEntry, DaemonState, Location, Reason
 from ogsd.core.settings import Settings
 
@@ -83,12 +83,12 @@ def plan(
         if since < settings.suspend_time and state.last_gateway is not None:
             return Plan(Action.KEEP, ALREADY_TEXT, Reason.KEPT)
 
-    valid = usable_entry(entry, location, now)
+    valid = usable_entry(entry, location, now, settings.cache_lifetime)
     if valid is not None and trigger is not Trigger.PERIODIC:
         return Plan(Action.CACHE, CACHE_TEXT, Reason.CACHE, entry=valid)
     if valid is not None:
         why = "periodic re-evaluation"
-    elif entry is not None and entry.expires_at <= now:
+    elif entry is not None and same_location(entry.location, location):
         why = "cache entry expired"
     elif state.cache_cleared_at is not None and entry is None:
         why = "cache cleared"
