@@ -1,0 +1,625 @@
+"""The Unix-socket API: newline-delimited JSON requests, authorised by SO_PEERCRED.
+
+Wire format, one JSON object per line each way:
+    request  {"id": any, "method": str, "params": {...}}
+    reply    {"id": ..., "result": {...}}  or  {"id": ..., "error": {"code": int, "message": str}}
+    event    {"event": "decision", "data": {...}}  (only after a `watch` reply)
+Read methods are open to whoever may connect (the socket's mode and group decide);
+state-changing methods need root, the daemon's uid, `admin_uids` or `admin_group`.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import structlog
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ogsd.core.models import CacheEntry, Decision, GatewayResult, Location
+
+# JSON-RPC 2.0 codes, plus ours in its server-defined range (-32000..-32099).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+UNKNOWN_METHOD = -32601
+BAD_PARAMS = -32602
+INTERNAL = -32000
+FORBIDDEN = -32001
+TOO_LARGE = -32002
+BUSY = -32003
+
+SOCKET_MODE = 0o660  # owner and group: the group is who may read status
+# Sockets accept no connections before listen(), so binding then chmod leaves no window.
+LISTEN_BACKLOG = 64
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+SUN_PATH_MAX = 107
+# A live daemon answers connect() at once; waiting longer only delays a restart.
+STALE_PROBE_TIMEOUT_S = 1.0
+# A client that reads nothing must not hold a send forever, nor a busy notice delay accept.
+BUSY_SEND_TIMEOUT_S = 1.0
+# accept() failing on EMFILE & co is transient; retrying at once would spin a core.
+ACCEPT_BACKOFF_S = 0.1
+# Decisions come minutes apart; 64 unread means the watcher is gone or stuck.
+WATCH_BUFFER = 64
+_PEERCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
+log = structlog.get_logger("ogsd.api")
+
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A refusal with a JSON-RPC code; handlers raise it to answer e.g. BAD_PARAMS."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApiSetupError(Exception):
+    """The socket could not be set up; the message says which path and why."""
+
+
+class Handler(Protocol):
+    """What the daemon implements. Results are JSON-able dicts; may carry extra keys.
+
+    Shapes (see the `*_json` encoders below, which produce them from core types):
+    decision = {"selected": str|None, "order": [str], "source": str|None,
+                "reason": str|None, "reason_text": str, "metric": str|None,
+                "decided_at": ISO-8601|None, "location": location|None, "results": [row]}
+    location = {"domain": str, "servers": [str], "keys": ["domain|ip"]}
+    row      = {"host", "address", "rtt_ms", "network_rtt_ms": [..], "exchange_ms": [..],
+                "tcp_info_rtt_ms": [..], "probe_errors": [..], "error"}
+    """
+
+    async def status(self) -> Json:
+        """`status`: decision without results, plus "connected": str|None and
+        "recommendation": str|None (a sentence; None when nothing to do)."""
+
+    async def selection(self) -> Json:
+        """`selection`: selected, order (the failover list), source, reason, reason_text,
+        decided_at."""
+
+    async def results(self) -> Json:
+        """`results`: the last decision in full (the table)."""
+
+    async def evaluate(self, *, wait: bool) -> Json:
+        """`evaluate` {"wait": bool=false}: force a round; wait=true returns the decision,
+        else {"started": bool, "message": str}."""
+
+    async def cache_list(self) -> Json:
+        """`cache.list`: {"entries": [cache entry]}."""
+
+    async def cache_clear(self) -> Json:
+        """`cache.clear`: {"cleared": int}; the next connection re-runs OGS."""
+
+    async def notify_connected(self, *, host: str) -> Json:
+        """`notify.connected` {"host": str}: a VPN connection to `host` is up. {"message"}."""
+
+    async def notify_disconnected(self) -> Json:
+        """`notify.disconnected`: the VPN connection went down. {"message"}."""
+
+    async def notify_sleep(self) -> Json:
+        """`notify.sleep`: the machine is about to sleep. {"message"}."""
+
+    async def notify_resume(self) -> Json:
+        """`notify.resume`: the machine woke up. {"message"}."""
+
+    async def reload(self) -> Json:
+        """`reload`: re-read config and profiles. {"message"}."""
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Json]]:
+        """`watch`: decisions published from entry on; `DecisionFeed.subscribe` fits."""
+        ...
+
+
+# --- encoders: core types to the wire shapes above ---------------------------------
+
+
+def location_json(location: Location) -> Json:
+    """{"domain", "servers", "keys"}."""
+    return {"domain": location.domain, "servers": list(location.servers),
+            "keys": list(location.keys)}
+
+
+def result_json(result: GatewayResult, decision: Decision) -> Json:
+    """One table row: the gateway's figure for the decision's metric and every probe."""
+    rtt = result.rtt(decision.metric)
+    error = result.error
+    if rtt is None and error is None:
+        error = next((s.error for s in result.samples if s.error), None)
+    return {
+        "host": result.host,
+        "address": result.address,
+        "rtt_ms": rtt,
+        "network_rtt_ms": [s.network_rtt_ms for s in result.samples],
+        "exchange_ms": [s.exchange_ms for s in result.samples],
+        "tcp_info_rtt_ms": [s.tcp_info_rtt_ms for s in result.samples],
+        "probe_started_at": [s.started_at for s in result.samples],
+        "probe_errors": [s.error for s in result.samples],
+        "error": error,
+    }
+
+
+def selection_json(decision: Decision | None) -> Json:
+    """The `selection` result; a null decision means none was made yet."""
+    if decision is None:
+        return {"selected": None, "order": [], "source": None, "reason": None,
+                "reason_text": "no decision yet", "decided_at": None}
+    return {"selected": decision.selected, "order": list(decision.order),
+            "source": str(decision.source), "reason": str(decision.reason),
+            "reason_text": decision.reason_text,
+            "decided_at": decision.decided_at.isoformat()}
+
+
+def decision_json(decision: Decision | None) -> Json:
+    """The `results` / `evaluate --wait` / watch event shape."""
+    out = selection_json(decision)
+    out["metric"] = None if decision is None else str(decision.metric)
+    out["location"] = None if decision is None else location_json(decision.location)
+    out["results"] = [] if decision is None else [
+        result_json(r, decision) for r in decision.results]
+    return out
+
+
+def status_json(decision: Decision | None, *, connected: str | None,
+                recommendation: str | None) -> Json:
+    """The `status` result: the decision without its rows, and the connection."""
+    out = decision_json(decision)
+    del out["results"]
+    out["connected"] = connected
+    out["recommendation"] = recommendation
+    return out
+
+
+def cache_entry_json(entry: CacheEntry) -> Json:
+    """One `cache.list` entry."""
+    return {"id": entry.entry_id, "location": location_json(entry.location),
+            "order": list(entry.order), "metric": str(entry.metric),
+            "created_at": entry.created_at.isoformat(),
+            "expires_at": entry.expires_at.isoformat()}
+
+
+class DecisionFeed:
+    """Fans decisions out to `watch` clients; one that falls behind is dropped, never waited on."""
+
+    def __init__(self, buffer: int = WATCH_BUFFER) -> None:
+        self._buffer = buffer
+        self._subscribers: set[MemoryObjectSendStream[Json]] = set()
+
+    @property
+    def subscribers(self) -> int:
+        """How many watchers are attached."""
+        return len(self._subscribers)
+
+    def publish(self, data: Json) -> None:
+        """Queue `data` for every watcher (call from the event loop's thread)."""
+        for sender in list(self._subscribers):
+            try:
+                sender.send_nowait(data)
+            except anyio.WouldBlock:
+                log.warning("api watcher too slow, dropping it", buffer=self._buffer)
+                self._drop(sender)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._drop(sender)
+
+    def close(self) -> None:
+        """End every watch stream (shutdown)."""
+        for sender in list(self._subscribers):
+            self._drop(sender)
+
+    def _drop(self, sender: MemoryObjectSendStream[Json]) -> None:
+        self._subscribers.discard(sender)
+        sender.close()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Json]]:
+        """Decisions published from now until exit; the iterator ends if dropped."""
+        sender, receiver = anyio.create_memory_object_stream[Json](self._buffer)
+        self._subscribers.add(sender)
+        try:
+            with receiver:
+                yield receiver
+        finally:
+            self._drop(sender)
+
+
+# --- requests ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    kind: type
+    required: bool = False
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    attr: str  # Handler attribute
+    write: bool  # changes state: admins only
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+def _check_host(value: str) -> str | None:
+    # DNS names are at most 253 characters; whitespace would split log lines and argv.
+    if not value or len(value) > 253 or any(c.isspace() or not c.isprintable() for c in value):
+        return "must be a host name (1-253 printable characters, no spaces)"
+    return None
+
+
+METHODS: dict[str, Method] = {
+    "status": Method("status", write=False),
+    "selection": Method("selection", write=False),
+    "results": Method("results", write=False),
+    "cache.list": Method("cache_list", write=False),
+    "watch": Method("subscribe", write=False),
+    "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False)}),
+    "cache.clear": Method("cache_clear", write=True),
+    "notify.connected": Method("notify_connected", write=True,
+                               params={"host": Param(str, required=True, check=_check_host)}),
+    "notify.disconnected": Method("notify_disconnected", write=True),
+    "notify.sleep": Method("notify_sleep", write=True),
+    "notify.resume": Method("notify_resume", write=True),
+    "reload": Method("reload", write=True),
+}
+
+_JSON_TYPES = {bool: "a boolean", str: "a string", int: "an integer", float: "a number",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def _error(req_id: Any, code: int, message: str) -> Json:
+    return {"id": req_id, "error": {"code": code, "message": message}}
+
+
+def _validate(name: str, method: Method, params: Json) -> Json:
+    """Params with defaults filled in, or ApiError(BAD_PARAMS) naming the problem."""
+    unknown = sorted(set(params) - set(method.params))
+    if unknown:
+        raise ApiError(BAD_PARAMS, f"{name}: unknown param(s): {', '.join(unknown)}")
+    out: Json = {}
+    for key, spec in method.params.items():
+        if key not in params:
+            if spec.required:
+                raise ApiError(BAD_PARAMS, f"{name}: missing param '{key}'")
+            out[key] = spec.default
+            continue
+        value = params[key]
+        if type(value) is not spec.kind:  # exact: JSON true must not pass as an int
+            got = _JSON_TYPES.get(type(value), type(value).__name__)
+            raise ApiError(BAD_PARAMS, f"{name}: param '{key}' must be "
+                                       f"{_JSON_TYPES[spec.kind]}, got {got}")
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise ApiError(BAD_PARAMS, f"{name}: param '{key}' {problem}")
+        out[key] = value
+    return out
+
+
+def _parse(line: bytes) -> tuple[Any, str, Method, Json]:
+    """(id, method name, method, validated params), or ApiError."""
+    try:
+        request = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(PARSE_ERROR, f"parse error: {exc}") from None
+    if not isinstance(request, dict):
+        raise ApiError(INVALID_REQUEST, "invalid request: expected a JSON object")
+    name = request.get("method")
+    if not isinstance(name, str):
+        raise ApiError(INVALID_REQUEST, "invalid request: 'method' must be a string")
+    method = METHODS.get(name)
+    if method is None:
+        raise ApiError(UNKNOWN_METHOD, f"unknown method '{name}'")
+    params = request.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ApiError(BAD_PARAMS, f"{name}: 'params' must be an object")
+    return request.get("id"), name, method, _validate(name, method, params)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The connecting process, as the kernel saw it at connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    """SO_PEERCRED of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return Peer(*_PEERCRED.unpack(raw))
+
+
+def in_group(uid: int, gid: int) -> bool:
+    """Whether the user `uid` has `gid` as primary or supplementary group (user database)."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False  # no passwd entry: no group list to be in
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _group_id(name: str, what: str) -> int:
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"{what}: unknown group {name!r}") from None
+
+
+class _Hangup(Exception):
+    """The client went away or stopped reading; end its conversation."""
+
+
+class ApiServer:
+    """Serves `Handler` on a Unix socket it binds at `path`, or on a systemd-passed `sock`."""
+
+    def __init__(self, handler: Handler, *, path: Path | None = None,
+                 sock: socket.socket | None = None, socket_group: str | None = None,
+                 admin_uids: Collection[int] = (), admin_group: str | None = None,
+                 max_clients: int = 32, request_max_bytes: int = 65536,
+                 idle_timeout: float = 300.0, request_timeout: float = 60.0) -> None:
+        if (path is None) == (sock is None):
+            raise ValueError("ApiServer needs exactly one of path= or sock=")
+        if path is not None and len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise ValueError(f"socket path too long ({len(os.fsencode(path))} bytes, "
+                             f"max {SUN_PATH_MAX}): {path}")
+        for label, value in (("max_clients", max_clients),
+                             ("request_max_bytes", request_max_bytes),
+                             ("idle_timeout", idle_timeout),
+                             ("request_timeout", request_timeout)):
+            if value <= 0:
+                raise ValueError(f"{label} must be positive, got {value}")
+        self._handler = handler
+        self._path = path
+        self._sock = sock
+        self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
+        self._admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
+        self._admin_uids = frozenset({0, os.getuid(), *admin_uids})
+        self._max_clients = max_clients
+        self._max_bytes = request_max_bytes
+        self._idle_timeout = idle_timeout
+        self._request_timeout = request_timeout
+        self._clients = 0
+
+    @property
+    def clients(self) -> int:
+        """Connections being served now."""
+        return self._clients
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accept clients until cancelled; `started` once connections are accepted."""
+        identity: tuple[int, int] | None = None
+        if self._sock is not None:
+            sock = self._sock  # systemd owns the path: never unlink it
+        else:
+            assert self._path is not None
+            sock, identity = await anyio.to_thread.run_sync(self._bind, self._path)
+        try:
+            listener = await SocketListener.from_socket(sock)
+            async with listener, anyio.create_task_group() as tg:
+                log.info("api listening", socket=str(self._path or sock.getsockname()))
+                task_status.started()
+                await self._accept_loop(listener, tg)
+        finally:
+            sock.close()
+            if identity is not None:
+                assert self._path is not None
+                _unlink_if_ours(self._path, identity)
+
+    def _bind(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            # 0750 + group: only the API group may reach the socket; else anyone may look.
+            path.parent.chmod(0o750 if self._group is not None else 0o755)
+            if self._group is not None:
+                os.chown(path.parent, -1, self._group)
+        _remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.fspath(path))
+            os.chmod(path, SOCKET_MODE)
+            if self._group is not None:
+                os.chown(path, -1, self._group)
+            sock.listen(LISTEN_BACKLOG)
+            st = os.lstat(path)
+        except OSError as exc:
+            sock.close()
+            raise ApiSetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        return sock, (st.st_dev, st.st_ino)
+
+    async def _accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("api accept failed, backing off", error=str(exc))
+                await anyio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            tg.start_soon(self._client, stream)
+
+    async def _client(self, stream: SocketStream) -> None:
+        async with stream:
+            if self._clients >= self._max_clients:
+                with anyio.move_on_after(BUSY_SEND_TIMEOUT_S), suppress(_Hangup):
+                    await self._send(stream, _error(
+                        None, BUSY, f"busy: {self._clients} clients connected "
+                                    f"(max_clients={self._max_clients}); try again"))
+                return
+            self._clients += 1
+            try:
+                raw = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
+                peer = peer_credentials(raw)
+                await self._converse(stream, peer)
+            except _Hangup:
+                pass
+            except Exception:  # one client's failure must never stop the server
+                log.exception("api client failed")
+            finally:
+                self._clients -= 1
+
+    async def _converse(self, stream: SocketStream, peer: Peer) -> None:
+        reader = BufferedByteReceiveStream(stream)
+        admin: bool | None = None  # looked up once, on the first write request
+        while True:
+            try:
+                with anyio.fail_after(self._idle_timeout):
+                    line = await reader.receive_until(b"\n", self._max_bytes)
+            except TimeoutError:
+                log.info("api client idle, closing", uid=peer.uid, pid=peer.pid,
+                         idle_timeout=self._idle_timeout)
+                return
+            except anyio.DelimiterNotFound:
+                too_large = True
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError):
+                return  # gone, possibly mid-line: nothing to answer
+            else:
+                too_large = len(line) > self._max_bytes
+            if too_large:
+                # The rest of the line is unread, so the stream cannot be re-synchronised.
+                await self._send(stream, _error(
+                    None, TOO_LARGE, f"request too large: over {self._max_bytes} bytes"))
+                return
+            if not line.strip():
+                continue
+            try:
+                req_id, name, method, params = _parse(line)
+            except ApiError as exc:
+                await self._send(stream, _error(None, exc.code, exc.message))
+                continue
+            if method.write:
+                if admin is None:
+                    admin = await self._is_admin(peer)
+                if not admin:
+                    log.warning("api request forbidden", method=name, uid=peer.uid,
+                                pid=peer.pid)
+                    await self._send(stream, _error(
+                        req_id, FORBIDDEN,
+                        f"forbidden: '{name}' needs admin rights; uid {peer.uid} is not an "
+                        "admin (root, the daemon's user, admin_uids or admin_group)"))
+                    continue
+            if name == "watch":
+                await self._watch(stream, reader, req_id)
+                return
+            await self._send(stream, await self._call(req_id, name, method, params, peer))
+
+    async def _is_admin(self, peer: Peer) -> bool:
+        if peer.uid in self._admin_uids:
+            return True
+        if self._admin_gid is None:
+            return False
+        if peer.gid == self._admin_gid:
+            return True
+        # The user database may be remote (LDAP via NSS): keep it off the event loop.
+        return await anyio.to_thread.run_sync(in_group, peer.uid, self._admin_gid)
+
+    async def _call(self, req_id: Any, name: str, method: Method, params: Json,
+                    peer: Peer) -> Json:
+        call = getattr(self._handler, method.attr)
+        result: Any = None
+        try:
+            with anyio.move_on_after(self._request_timeout) as scope:
+                result = await call(**params)
+        except ApiError as exc:
+            return _error(req_id, exc.code, exc.message)
+        except Exception:
+            log.exception("api handler failed", method=name, uid=peer.uid, pid=peer.pid)
+            return _error(req_id, INTERNAL, f"internal error in '{name}' (see the ogsd log)")
+        if scope.cancelled_caught:
+            log.warning("api handler timed out", method=name, timeout=self._request_timeout)
+            return _error(req_id, INTERNAL,
+                          f"'{name}' timed out after {self._request_timeout:g} s")
+        if not isinstance(result, dict):
+            log.error("api handler returned a non-object", method=name,
+                      type=type(result).__name__)
+            return _error(req_id, INTERNAL, f"internal error in '{name}' (see the ogsd log)")
+        return {"id": req_id, "result": result}
+
+    async def _watch(self, stream: SocketStream, reader: BufferedByteReceiveStream,
+                     req_id: Any) -> None:
+        # Subscribe before replying: every event after the reply reaches the client.
+        async with self._handler.subscribe() as events, anyio.create_task_group() as tg:
+            await self._send(stream, {"id": req_id, "result": {"watching": True}})
+            tg.start_soon(_until_hangup, reader, tg.cancel_scope)
+            async for data in events:
+                await self._send(stream, {"event": "decision", "data": data})
+            tg.cancel_scope.cancel()  # the feed ended (shutdown, or we fell behind)
+
+    async def _send(self, stream: SocketStream, message: Json) -> None:
+        try:
+            payload = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.error("api reply is not JSON", error=str(exc))
+            payload = json.dumps(_error(message.get("id"), INTERNAL,
+                                        "internal error: reply not encodable"))
+        try:
+            with anyio.fail_after(self._idle_timeout):  # a client that never reads
+                await stream.send(payload.encode() + b"\n")
+        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError) as exc:
+            raise _Hangup from exc
+
+
+
+async def _until_hangup(reader: BufferedByteReceiveStream, scope: anyio.CancelScope) -> None:
+    """Discard what a watcher sends; cancel `scope` when it closes."""
+    try:
+        while True:
+            await reader.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        scope.cancel()
+
+
+def _remove_stale(path: Path) -> None:
+    """Unlink a socket file nobody listens on; refuse if a daemon answers or it is no socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ApiSetupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(STALE_PROBE_TIMEOUT_S)
+    try:
+        probe.connect(os.fspath(path))
+    except ConnectionRefusedError:
+        log.info("api removing stale socket", socket=str(path))
+        path.unlink()
+        return
+    except OSError as exc:
+        raise ApiSetupError(f"cannot tell whether {path} is in use: "
+                            f"{exc.strerror or exc}") from exc
+    finally:
+        probe.close()
+    raise ApiSetupError(f"another ogsd is already listening on {path}")
+
+
+def _unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the socket file unless someone else's has replaced it since."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == identity:
+            path.unlink()
+    except FileNotFoundError:
+        pass
