@@ -1,0 +1,416 @@
+"""ogsd.toml and the AnyConnect profiles, merged into one validated Config.
+
+Profiles give the gateways and the defaults of the OGS settings; ogsd.toml overrides them
+and may list more gateways (first, ahead of the profiles'). Every error is a ConfigError
+whose message names the file, the line where known, the table and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ogsd.core.models import Gateway, Metric
+from ogsd.core.settings import (
+    IMPROVEMENT_FLOOR_MS_DEFAULT,
+    IMPROVEMENT_PERCENT_DEFAULT,
+    IMPROVEMENT_PERCENT_RANGE,
+    PROBE_COUNT_DEFAULT,
+    SUSPEND_TIME_HOURS_DEFAULT,
+    SUSPEND_TIME_HOURS_RANGE,
+    Settings,
+)
+from ogsd.profile import (
+    HTTPS_PORT,
+    PROTOCOLS,
+    ProfileError,
+    check_host,
+    load_profiles,
+    merge_profiles,
+    split_address,
+)
+
+# Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
+DEFAULT_PROFILE_DIRS = (
+    Path("/opt/cisco/anyconnect/profile"),
+    Path("/opt/cisco/secureclient/vpn/profile"),
+)
+
+PROXY_MODES = ("none", "static", "auto", "pac")
+# Upper bounds that no sane setting reaches; they keep timedelta from overflowing.
+MAX_CACHE_LIFETIME_DAYS = 3650.0
+MAX_PERIOD_MINUTES = 7 * 24 * 60.0  # beyond a week, "continuous" means nothing
+MAX_IDLE_TIMEOUT_S = 86400.0
+MAX_CLIENTS_RANGE = (1, 1024)
+# A request is a small JSON line; 1 KiB..16 MiB bounds typos, not real use.
+REQUEST_MAX_BYTES_RANGE = (1024, 16 * 1024 * 1024)
+MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user"
+
+_TABLES: dict[str, tuple[str, ...]] = {
+    "": ("profiles", "ogs", "gateway", "daemon", "dns"),
+    "ogs": ("enabled", "improvement_percent", "improvement_floor_ms", "suspend_time_hours",
+            "cache_lifetime_days", "probe_count", "round_deadline_s", "probe_timeout_s",
+            "metric", "proxy"),
+    "gateway": ("host", "name", "user_group", "backups", "load_balancing",
+                "primary_protocol", "port"),
+    "daemon": ("continuous", "period_minutes", "period_jitter", "debounce_s", "admin_group",
+               "admin_uids", "socket_group", "max_clients", "request_max_bytes",
+               "idle_timeout_s"),
+    "dns": ("resolv_conf",),
+}
+_HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"\s*([\w-]+)\s*[=.]")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+class ConfigError(ValueError):
+    """An unusable configuration; str() is the full message for the user."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """How the daemon runs: re-evaluation schedule and socket API limits."""
+
+    continuous: bool = True
+    period: timedelta = timedelta(minutes=30)
+    period_jitter: float = 0.2
+    debounce: timedelta = timedelta(seconds=2)
+    admin_group: str | None = None
+    admin_uids: tuple[int, ...] = ()
+    socket_group: str | None = None
+    max_clients: int = 32
+    request_max_bytes: int = 65536
+    idle_timeout: timedelta = timedelta(seconds=300)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs from its configuration files."""
+
+    gateways: tuple[Gateway, ...]
+    settings: Settings
+    daemon: DaemonConfig
+    resolv_conf: Path | None  # None: automatic (ogsd.dnsenv looks past resolved's stub)
+    sources: tuple[Path, ...]  # files read: ogsd.toml first, then each profile
+    warnings: tuple[str, ...]
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_lines(text: str) -> dict[tuple[str, int, str], int]:
+    """Best-effort line of each (table, array index, key); "" key = the table header."""
+    lines: dict[tuple[str, int, str], int] = {}
+    counts: dict[str, int] = {}
+    table, index = "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if header := _HEADER.match(line):
+            table, index = header[2].strip(), 0
+            if header[1] == "[[":
+                index = counts[table] = counts.get(table, 0) + 1
+            lines.setdefault((table, index, ""), number)
+        elif key := _KEY.match(line):
+            lines.setdefault((table, index, key[1]), number)
+    return lines
+
+
+class _Table:
+    """One TOML table being validated: typed getters whose errors say where."""
+
+    def __init__(self, source: _Source, name: str, data: dict[str, Any], index: int = 0):
+        self.source, self.name, self.data, self.index = source, name, data, index
+        valid = _TABLES[name]
+        for key in data:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f"; valid keys: {', '.join(valid)}"
+                raise self.error(key, None, f"unknown key{self._in()}{hint}")
+
+    def _in(self) -> str:
+        return f" in [{self.name}]" if self.name else " at the top level"
+
+    def label(self) -> str:
+        if self.index:
+            return f"[[{self.name}]] #{self.index}: "
+        return f"[{self.name}] " if self.name else ""
+
+    def error(self, key: str, value: Any, problem: str) -> ConfigError:
+        lines = self.source.lines
+        # The key's own line; else, for a table, its header; else this table's header.
+        line = (lines.get((self.name, self.index, key))
+                or (None if self.name else lines.get((key, 0, ""), lines.get((key, 1, ""))))
+                or lines.get((self.name, self.index, "")))
+        shown = key if value is None else f"{key} = {_show(value)}"
+        return self.source.error(line, f"{self.label()}{shown}: {problem}")
+
+    def get(self, key: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
+        value = self.data.get(key, default)
+        if key in self.data and ((isinstance(value, bool) and bool not in _tuple(kind))
+                                 or not isinstance(value, kind)):
+            raise self.error(key, value, f"must be {what}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, default, bool, "true or false"))
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value: int = self.get(key, default, int, f"an integer between {lo} and {hi}")
+        if not lo <= value <= hi:
+            raise self.error(key, value, f"must be between {lo} and {hi}")
+        return value
+
+    def number(self, key: str, default: float, lo: float, hi: float, *,
+               lo_open: bool = False) -> float:
+        bound = f"greater than {lo:g}" if lo_open else f"between {lo:g} and {hi:g}"
+        value = float(self.get(key, default, (int, float), f"a number {bound}"))
+        below = value <= lo if lo_open else value < lo
+        if not math.isfinite(value) or below or value > hi:
+            at_most = f" and at most {hi:g}" if lo_open else ""
+            raise self.error(key, self.data.get(key), f"must be {bound}{at_most}")
+        return value
+
+    def string(self, key: str, default: str | None) -> str | None:
+        value: str | None = self.get(key, default, str, "a string")
+        if key in self.data and not (value or "").strip():
+            raise self.error(key, value, "must not be empty")
+        return value
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        options = " or ".join(f'"{c}"' for c in choices)
+        value = str(self.get(key, default, str, options))
+        if value not in choices:
+            raise self.error(key, value, f"must be {options}")
+        return value
+
+    def items(self, key: str, kind: type, what: str) -> list[Any]:
+        value = self.get(key, [], list, f"a list of {what}")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, kind):
+                raise self.error(key, value, f"must be a list of {what}")
+        return list(value)
+
+    def integer_list(self, key: str, lo: int, hi: int) -> list[int]:
+        values: list[int] = self.items(key, int, "integers")
+        if not all(lo <= v <= hi for v in values):
+            raise self.error(key, values, f"entries must be between {lo} and {hi}")
+        return values
+
+    def address(self, key: str, text: str) -> str:
+        try:
+            host, port, _ = split_address(text)
+        except ValueError as e:
+            raise self.error(key, text, str(e)) from None
+        if port is None:
+            return host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+class _Source:
+    """The ogsd.toml being read (or none), for error messages."""
+
+    def __init__(self, path: Path | None, text: str = "") -> None:
+        self.path = path
+        self.lines = _key_lines(text)
+
+    def error(self, line: int | None, message: str) -> ConfigError:
+        at = f"line {line}: " if line else ""
+        return ConfigError(f"{self.path}: {at}{message}" if self.path else message)
+
+
+def _read_toml(path: Path) -> tuple[_Source, dict[str, Any]]:
+    source = _Source(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise source.error(None, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise source.error(None, f"not UTF-8 text (byte {e.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        if position := _TOML_POSITION.search(message):
+            message = message[: position.start()]
+            raise ConfigError(f"{path}: line {position[1]}, column {position[2]}: "
+                              f"TOML syntax error: {message}") from None
+        raise source.error(None, f"TOML syntax error: {message}") from None
+    return _Source(path, text), data
+
+
+def _subtable(root: _Table, name: str) -> _Table:
+    value = root.data.get(name, {})
+    if not isinstance(value, dict):
+        raise root.error(name, value, f"must be a table: write [{name}] on its own line")
+    return _Table(root.source, name, value)
+
+
+def _gateways(root: _Table) -> list[Gateway]:
+    entries = root.data.get("gateway", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise root.error("gateway", None, "must be an array of tables: write [[gateway]] "
+                         "before each gateway's keys")
+    gateways = []
+    for index, entry in enumerate(entries, 1):
+        table = _Table(root.source, "gateway", entry, index)
+        if "host" not in entry:
+            raise table.error("host", None, "is required")
+        raw_host = table.get("host", "", str, "a host name or IP address")
+        try:
+            host = check_host(raw_host)
+        except ValueError as e:
+            raise table.error("host", raw_host, str(e)) from None
+        protocol = table.string("primary_protocol", None)
+        if protocol is not None and protocol.lower() not in PROTOCOLS:
+            raise table.error("primary_protocol", protocol, 'must be "SSL" or "IPsec"')
+        gateways.append(Gateway(
+            host=host,
+            name=table.string("name", "") or "",
+            user_group=table.string("user_group", None),
+            backups=tuple(table.address("backups", b)
+                          for b in table.items("backups", str, "host names")),
+            load_balancing=tuple(table.address("load_balancing", b)
+                                 for b in table.items("load_balancing", str, "host names")),
+            primary_protocol=PROTOCOLS[protocol.lower()] if protocol else None,
+            port=table.integer("port", HTTPS_PORT, 1, 65535),
+        ))
+    return gateways
+
+
+def _profile_paths(root: _Table, base: Path, given: Sequence[Path]) -> list[Path]:
+    if given:
+        paths = [Path(p).expanduser() for p in given]
+    elif "profiles" in root.data:
+        paths = [base / Path(p).expanduser()
+                 for p in root.items("profiles", str, "paths (files or directories)")]
+    else:
+        paths = list(DEFAULT_PROFILE_DIRS)
+    found = []
+    for path in paths:
+        if path.exists():
+            found.append(path)
+        elif path not in DEFAULT_PROFILE_DIRS:
+            where = f"profiles: {path}" if not given else f"profile {path}"
+            raise root.source.error(None if given else root.source.lines.get(("", 0, "profiles")),
+                                    f"{where}: no such file or directory")
+    return found
+
+
+def _settings(ogs: _Table, automatic: bool | None, improvement: int | None,
+              suspend: int | None) -> Settings:
+    return Settings(
+        enabled=ogs.boolean("enabled", True if automatic is None else automatic),
+        improvement_percent=ogs.integer(
+            "improvement_percent", improvement or IMPROVEMENT_PERCENT_DEFAULT,
+            *IMPROVEMENT_PERCENT_RANGE),
+        improvement_floor_ms=ogs.number("improvement_floor_ms", IMPROVEMENT_FLOOR_MS_DEFAULT,
+                                        0.0, 1000.0),
+        suspend_time=timedelta(hours=ogs.integer(
+            "suspend_time_hours", suspend or SUSPEND_TIME_HOURS_DEFAULT,
+            *SUSPEND_TIME_HOURS_RANGE)),
+        cache_lifetime=timedelta(days=ogs.number("cache_lifetime_days", 14.0, 0.0,
+                                                 MAX_CACHE_LIFETIME_DAYS, lo_open=True)),
+        probe_count=ogs.integer("probe_count", PROBE_COUNT_DEFAULT, 1, 10),
+        round_deadline=timedelta(seconds=ogs.number("round_deadline_s", 7.0, 0.5, 60.0)),
+        probe_timeout=timedelta(seconds=ogs.number("probe_timeout_s", 5.0, 0.1, 60.0)),
+        metric=Metric(ogs.choice("metric", Metric.NETWORK.value, [m.value for m in Metric])),
+        proxy_mode=ogs.choice("proxy", "none", PROXY_MODES),
+    )
+
+
+def _daemon(table: _Table) -> DaemonConfig:
+    return DaemonConfig(
+        continuous=table.boolean("continuous", True),
+        period=timedelta(minutes=table.number("period_minutes", 30.0, 1.0,
+                                              MAX_PERIOD_MINUTES)),
+        period_jitter=table.number("period_jitter", 0.2, 0.0, 0.5),
+        debounce=timedelta(seconds=table.number("debounce_s", 2.0, 0.0, 60.0)),
+        admin_group=table.string("admin_group", None),
+        admin_uids=tuple(table.integer_list("admin_uids", 0, MAX_UID)),
+        socket_group=table.string("socket_group", None),
+        max_clients=table.integer("max_clients", 32, *MAX_CLIENTS_RANGE),
+        request_max_bytes=table.integer("request_max_bytes", 65536, *REQUEST_MAX_BYTES_RANGE),
+        idle_timeout=timedelta(seconds=table.number("idle_timeout_s", 300.0, 0.0,
+                                                    MAX_IDLE_TIMEOUT_S, lo_open=True)),
+    )
+
+
+def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) -> Config:
+    """Load ogsd.toml (None: none) and the profiles into one validated Config.
+
+    `profile_paths`, when given, replace the file's `profiles` list (relative to the
+    working directory); without either, AnyConnect's default profile directories are read.
+    """
+    source, data = _read_toml(config_path) if config_path else (_Source(None), {})
+    base = config_path.parent if config_path else Path()
+    root = _Table(source, "", data)
+    ogs, daemon_table, dns = (_subtable(root, n) for n in ("ogs", "daemon", "dns"))
+    listed = _gateways(root)
+    warnings: list[str] = []
+    searched = _profile_paths(root, base, profile_paths)
+    try:
+        profiles = load_profiles(searched)
+    except ProfileError as e:
+        raise ConfigError(str(e)) from None
+    warnings.extend(f"profile directory {p} has no *.xml files" for p in searched
+                    if p.is_dir() and not any(q.path.parent == p for q in profiles))
+    merged = merge_profiles(profiles)
+    warnings.extend(merged.warnings)
+    gateways: dict[str, Gateway] = {}
+    for gateway in listed:
+        if gateway.host in gateways:
+            warnings.append(f"{config_path}: [[gateway]] {gateway.host} listed twice; "
+                            "keeping the first")
+        gateways.setdefault(gateway.host, gateway)
+    for gateway, origin in zip(merged.gateways, merged.gateway_sources, strict=True):
+        if gateway.host in gateways:
+            warnings.append(f"{origin}: gateway {gateway.host} is also a [[gateway]] in "
+                            f"{config_path}; keeping that one")
+        gateways.setdefault(gateway.host, gateway)
+    settings = _settings(ogs, merged.automatic_selection, merged.improvement_percent,
+                         merged.suspend_time_hours)
+    daemon = _daemon(daemon_table)
+    if settings.probe_timeout > settings.round_deadline:
+        warnings.append(f"{config_path}: [ogs] probe_timeout_s is longer than "
+                        "round_deadline_s: probes still running at the deadline are dropped")
+    resolv_conf = dns.string("resolv_conf", None)
+    resolv_path = base / Path(resolv_conf).expanduser() if resolv_conf else None
+    if resolv_path is not None and not resolv_path.is_file():
+        warnings.append(f"{config_path}: [dns] resolv_conf {resolv_path} is not a file (yet)")
+    if not gateways:
+        where = ", ".join(str(p) for p in searched) or "none found"
+        raise source.error(None, "no gateways: list [[gateway]] entries or profiles "
+                           f"(profiles read: {where})")
+    return Config(
+        gateways=tuple(gateways.values()),
+        settings=settings,
+        daemon=daemon,
+        resolv_conf=resolv_path,
+        sources=(*([config_path] if config_path else []), *(p.path for p in profiles)),
+        warnings=tuple(warnings),
+    )
+
