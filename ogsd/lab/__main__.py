@@ -1,0 +1,112 @@
+"""`python -m ogsd.lab up|set|status|down|selftest`: the network lab by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ogsd.lab import selftest
+from ogsd.lab import spec as lab_spec
+from ogsd.lab.lab import DEFAULT_NAME, Lab, LabError
+
+SELFTEST_NAME = "ogsdlab-st"
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    spec = status["spec"]
+    procs = ", ".join(
+        f"{what} pid {p['pid']} {'alive' if p['alive'] else 'DEAD'}"
+        for what, p in status["processes"].items()
+    )
+    relay = status["relay"]
+    counters = relay.get("error") or ", ".join(f"{k} {v}" for k, v in relay.items())
+    print(
+        f"lab {status['name']}: client ns {status['name']}-c ({spec['client']}), "
+        f"server ns {status['name']}-s"
+    )
+    print(f"  processes: {procs}")
+    print(f"  relay: {counters}")
+    print(
+        f"  location: search {spec['domain']}, nameserver {', '.join(spec['dns']['servers'])} "
+        f"(dns mode {spec['dns']['mode']}) in {status['resolv_conf']}"
+    )
+    rows = [("host", "address", "rtt_ms", "jitter", "loss", "mode", "stall_ms", "http")]
+    rows += [
+        (
+            g["host"],
+            g["address"],
+            f"{g['rtt_ms']:g}",
+            f"{g['jitter_ms']:g}",
+            f"{g['loss']:g}",
+            g["mode"],
+            f"{g['stall_ms']:g}",
+            "yes" if g["http"] else "no",
+        )
+        for g in spec["gateways"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one lab command."""
+    parser = argparse.ArgumentParser(prog="python -m ogsd.lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("up", "set"):
+        p = sub.add_parser(command, help=f"{command} a lab from a spec file")
+        p.add_argument("--spec", required=True, help="spec JSON file (see docs/lab.md)")
+        p.add_argument("--name", default=DEFAULT_NAME)
+    p = sub.add_parser("status", help="what is running and how it is configured")
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("down", help="remove everything of a lab (idempotent)")
+    p.add_argument("--name", default=DEFAULT_NAME)
+    p = sub.add_parser("selftest", help="measure a fresh lab against its spec")
+    p.add_argument("--name", default=SELFTEST_NAME)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("ogsd.lab: needs root (network namespaces, TUN devices); try sudo", file=sys.stderr)
+        return 2
+    try:
+        Lab.check_name(args.name)
+        if args.command == "up":
+            lab = Lab.up(lab_spec.load(args.spec), args.name)
+            print(
+                f"lab {lab.name} is up; run commands in it with: ip netns exec {lab.client_ns} ..."
+            )
+        elif args.command == "set":
+            Lab.attach(args.name).set(lab_spec.load(args.spec))
+            print(f"lab {args.name}: spec applied")
+        elif args.command == "status":
+            status = Lab.attach(args.name).status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+        elif args.command == "down":
+            Lab.teardown(args.name)
+            print(f"lab {args.name} is down")
+        else:
+            start = time.monotonic()
+            rows = selftest.run(args.name)
+            print(selftest.format_table(rows))
+            failed = [r.check for r in rows if not r.ok]
+            print(
+                f"selftest: {len(rows) - len(failed)}/{len(rows)} ok in "
+                f"{time.monotonic() - start:.1f} s"
+                + (f"; FAILED: {', '.join(failed)}" if failed else "")
+            )
+            return 1 if failed else 0
+    except (LabError, lab_spec.SpecError) as exc:
+        print(f"ogsd.lab: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

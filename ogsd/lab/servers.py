@@ -1,0 +1,289 @@
+"""The server namespace's process: TLS on 443 and HTTP on 80 per gateway, DNS on 53.
+
+Run as `ip netns exec <name>-s python -m ogsd.lab.servers` by `Lab.up`. A `reload` on the
+control socket re-reads the spec and adds or closes listeners to match it (a gateway in
+`refuse` mode has none, so its kernel answers RST).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import resource
+import socket
+import ssl
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ogsd.lab import dnszone
+from ogsd.lab import spec as lab_spec
+from ogsd.lab.spec import GatewayMode, GatewaySpec, LabSpec
+
+# The selftest opens 1,000 concurrent connections; the default backlog (100) would drop SYNs.
+LISTEN_BACKLOG = 4096
+TLS_RECORD_HEADER = 5
+# A ClientHello that has not fully arrived in this long is not coming.
+CLIENT_HELLO_TIMEOUT_S = 10.0
+HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n"
+    b"Connection: close\r\n\r\nogsd-lab"
+)
+IP_FREEBIND = 15  # linux/in.h: bind before `Lab.set` has finished adding the address
+
+
+def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
+    """A fresh self-signed certificate for every gateway name and address; its context."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(gw.host) for gw in spec.gateways]
+    names += [x509.IPAddress(ipaddress.ip_address(gw.address)) for gw in spec.gateways]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ogsd lab gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+class HttpResponder(asyncio.Protocol):
+    """Answers the first HTTP request on a connection with a small 200, then closes."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and self.transport is not None:
+            self.transport.write(HTTP_RESPONSE)
+            self.transport.close()
+
+
+class DnsUdp(asyncio.DatagramProtocol):
+    """DNS over UDP from the current zone."""
+
+    def __init__(self, servers: Servers) -> None:
+        self.servers = servers
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Python 3.11's selector datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        reply = dnszone.answer(data, self.servers.zone, self.servers.spec.dns.mode)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a level-triggered reader may fire again before it is removed
+        future.set_result(None)
+
+
+async def wait_client_hello(sock: socket.socket) -> None:
+    """Return once the whole first TLS record (the ClientHello) is queued on `sock`."""
+    loop = asyncio.get_running_loop()
+    needed = TLS_RECORD_HEADER
+    while True:
+        # RCVLOWAT makes the socket readable only when `needed` bytes are queued: no spinning
+        # on a ClientHello split over two segments.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _resolve, ready)
+        try:
+            await asyncio.wait_for(ready, CLIENT_HELLO_TIMEOUT_S)
+        finally:
+            loop.remove_reader(sock.fileno())
+        data = sock.recv(needed, socket.MSG_PEEK)
+        if len(data) < needed:  # EOF before the hello: nothing to stall
+            break
+        if needed > TLS_RECORD_HEADER or data[0] != 0x16:  # whole record, or not TLS at all
+            break
+        needed = TLS_RECORD_HEADER + int.from_bytes(data[3:5], "big")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+class Servers:
+    """Every listener of the server namespace, kept in line with the spec."""
+
+    def __init__(self, spec_path: Path) -> None:
+        self.spec_path = spec_path
+        self.spec = LabSpec()
+        self.zone: dnszone.Zone = {}
+        self.context: ssl.SSLContext | None = None
+        self.hosts: frozenset[str] = frozenset()
+        self.listeners: dict[tuple[str, str], Callable[[], object]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def gateway(self, address: str) -> GatewaySpec | None:
+        """The gateway at `address` in the current spec."""
+        return next((g for g in self.spec.gateways if g.address == address), None)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the spec; open and close listeners to match it."""
+        spec = lab_spec.load(self.spec_path)
+        hosts = frozenset(g.host + "/" + g.address for g in spec.gateways)
+        if self.context is None or hosts != self.hosts:
+            self.context = make_certificate(spec, self.spec_path.parent)
+            self.hosts = hosts
+        self.spec, self.zone = spec, dnszone.build_zone(spec)
+        wanted: set[tuple[str, str]] = set()
+        for gw in spec.gateways:
+            if gw.mode is not GatewayMode.REFUSE:
+                wanted.add(("tls", gw.address))
+                if gw.http:
+                    wanted.add(("http", gw.address))
+        wanted |= {(kind, s) for s in spec.dns.servers for kind in ("dns-udp", "dns-tcp")}
+        for key in set(self.listeners) - wanted:
+            self.listeners.pop(key)()
+        for key in sorted(wanted - set(self.listeners)):
+            self.listeners[key] = await self.listen(*key)
+        return {"listeners": len(self.listeners)}
+
+    async def listen(self, kind: str, address: str) -> Callable[[], object]:
+        """Open one listener; the function that closes it."""
+        loop = asyncio.get_running_loop()
+        udp = kind == "dns-udp"
+        port = {"tls": 443, "http": 80}.get(kind, 53)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+        if udp:
+            transport, _ = await loop.create_datagram_endpoint(lambda: DnsUdp(self), sock=sock)
+            return transport.close
+        sock.listen(LISTEN_BACKLOG)
+        if kind == "dns-tcp":
+            server = await asyncio.start_server(
+                self.serve_dns_tcp, sock=sock, backlog=LISTEN_BACKLOG
+            )
+            return server.close
+        task = loop.create_task(self.accept_loop(sock, tls=kind == "tls"))
+        return task.cancel
+
+    async def accept_loop(self, listener: socket.socket, *, tls: bool) -> None:
+        """Accept connections until cancelled; each gets its own task."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                task = loop.create_task(self.serve_connection(conn, tls=tls))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        finally:
+            listener.close()
+
+    async def serve_connection(self, conn: socket.socket, *, tls: bool) -> None:
+        """HTTP(S) on one accepted connection, after the gateway's stall if it has one."""
+        loop = asyncio.get_running_loop()
+        try:
+            context = None
+            if tls:
+                gw = self.gateway(conn.getsockname()[0])
+                if gw is not None and gw.stall_ms > 0:
+                    await wait_client_hello(conn)
+                    await asyncio.sleep(gw.stall_ms / 1000)  # the emulated server-side stall
+                context = self.context
+            await loop.connect_accepted_socket(HttpResponder, conn, ssl=context)
+        except (OSError, TimeoutError, ssl.SSLError):
+            conn.close()
+
+    async def serve_dns_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """DNS over TCP: length-prefixed queries until the client closes."""
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                reply = dnszone.answer(
+                    await reader.readexactly(size), self.zone, self.spec.dns.mode
+                )
+                if reply is not None:
+                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One control request: `reload` or `ping`."""
+        line = await reader.readline()
+        reply: dict[str, Any] = {"ok": True}
+        try:
+            if json.loads(line).get("op") == "reload":
+                reply.update(await self.reload())
+        except Exception as exc:  # a bad spec must not kill the lab; the caller learns why
+            reply = {"ok": False, "error": str(exc)}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+
+async def run(spec_path: Path, control_path: str, ready_fd: int) -> None:
+    """Start every listener and the control socket; serve until killed."""
+    servers = Servers(spec_path)
+    await servers.reload()
+    control = await asyncio.start_unix_server(servers.serve_control, control_path)
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    async with control:
+        await control.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the servers process."""
+    parser = argparse.ArgumentParser(prog="python -m ogsd.lab.servers")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--ready-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    # Each concurrent connection is a socket here; 1,000 of them exceed a 1,024 soft limit.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(Path(args.spec), args.control, args.ready_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
