@@ -142,8 +142,9 @@ class Notifier:
         self.close()
 
 
-async def watchdog_loop(notifier: Notifier, *, interval: float) -> None:
+async def watchdog_loop(notifier: Notifier, interval: float) -> None:
     """Ping the watchdog now and every `interval` seconds until cancelled."""
+    # `interval` is not keyword-only so `task_group.start_soon(watchdog_loop, n, i)` works.
     if interval <= 0:
         raise ValueError(f"watchdog interval must be positive, got {interval}")
     # Pinging from the event loop itself is the point: a wedged loop stops the pings.

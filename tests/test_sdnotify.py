@@ -154,7 +154,7 @@ def test_watchdog_loop_pings_at_the_interval(receiver: tuple[socket.socket, str]
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: watchdog_loop(notifier, interval=interval))
+            tg.start_soon(watchdog_loop, notifier, interval)  # as the daemon starts it
             with anyio.fail_after(RECV_TIMEOUT_S):
                 while len(arrivals) < pings:
                     await anyio.wait_readable(sock)
