@@ -1,0 +1,191 @@
+"""NetWatcher against real netlink in network namespaces made for the test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import uvloop
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ogsd.netwatch import NetSnapshot, NetWatcher, NetWatchError, NetworkChange, read_snapshot
+
+DEBOUNCE = 0.2
+# Generous: the machine is shared; a change normally arrives DEBOUNCE after the burst.
+WAIT = 5.0
+# This kernel has no dummy links; a veth pair with both ends up has carrier, like a NIC.
+VETH = ("link add d0 type veth peer name d1", "link set d1 up", "link set d0 up")
+EMPTY = NetSnapshot(default_v4=False, default_v6=False, tunnels=(), host_routes=())
+
+UVLOOP = pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")
+ASYNCIO = pytest.param(("asyncio", {}), id="asyncio")
+
+
+@pytest.fixture(params=[UVLOOP])
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"ogsdtest-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+async def ip_batch(netns: str, *commands: str) -> None:
+    """Run iproute2 commands in one process, so they land as one tight burst."""
+    script = "".join(f"{c}\n" for c in commands).encode()
+    await anyio.run_process(["ip", "-n", netns, "-batch", "-"], input=script)
+
+
+@asynccontextmanager
+async def watching(
+    **kwargs: Any,
+) -> AsyncIterator[tuple[NetSnapshot, MemoryObjectReceiveStream[NetworkChange]]]:
+    send, receive = anyio.create_memory_object_stream[NetworkChange](16)
+    async with send, receive, anyio.create_task_group() as tg:
+        initial = await tg.start(NetWatcher(debounce=DEBOUNCE, **kwargs).run, send)
+        yield initial, receive
+        tg.cancel_scope.cancel()
+    # Stopping joins the thread: none may be left behind.
+    assert not [t for t in threading.enumerate() if t.name == "ogsd-netwatch"]
+
+
+async def next_change(changes: MemoryObjectReceiveStream[NetworkChange]) -> NetworkChange:
+    with anyio.fail_after(WAIT):
+        return await changes.receive()
+
+
+async def assert_quiet(changes: MemoryObjectReceiveStream[NetworkChange]) -> None:
+    """No further change within three quiet periods (a bounded wait, not a sleep-for-sync)."""
+    with anyio.move_on_after(DEBOUNCE * 3):
+        extra = await changes.receive()
+        pytest.fail(f"unexpected extra change: {extra}")
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", [UVLOOP, ASYNCIO], indirect=True)
+async def test_joining_a_network_is_one_change(netns: str, anyio_backend: Any) -> None:
+    if anyio_backend[1].get("use_uvloop"):
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    async with watching(netns=netns, gateways=["198.18.5.5", "198.18.9.9"]) as (initial, changes):
+        assert initial == EMPTY
+        await ip_batch(
+            netns,
+            *VETH,
+            "address add 198.18.0.2/24 dev d0",
+            "route add default via 198.18.0.1",
+            "route add 198.18.5.5/32 via 198.18.0.1",
+        )
+        change = await next_change(changes)
+        assert {"link", "addr", "route"} <= set(change.reasons)
+        assert change.snapshot == NetSnapshot(
+            default_v4=True, default_v6=False, tunnels=(), host_routes=("198.18.5.5",)
+        )
+        await assert_quiet(changes)
+
+        await ip_batch(netns, "route del default")
+        change = await next_change(changes)
+        assert change.reasons == ("route",)
+        assert not change.snapshot.default_v4
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_storm_is_one_change_and_a_net_nil_storm_none(netns: str) -> None:
+    await ip_batch(netns, *VETH)
+    adds = [f"address add 198.18.1.{i}/32 dev d0" for i in range(1, 101)]
+    dels = [f"address del 198.18.1.{i}/32 dev d0" for i in range(1, 101)]
+    async with watching(netns=netns) as (_, changes):
+        # 100 adds then 100 deletes: events galore, same state after. Nothing to report.
+        await ip_batch(netns, *adds, *dels)
+        await assert_quiet(changes)
+        # 100 adds and 50 deletes: one change.
+        await ip_batch(netns, *adds, *dels[:50])
+        change = await next_change(changes)
+        assert "addr" in change.reasons
+        await assert_quiet(changes)
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_tunnel_device_comes_and_goes(netns: str) -> None:
+    async with watching(netns=netns) as (initial, changes):
+        assert initial.tunnels == ()
+        await ip_batch(netns, "tuntap add mode tun name tun7", "link set tun7 up")
+        assert (await next_change(changes)).snapshot.tunnels == ("tun7",)
+        await ip_batch(netns, "link del tun7")
+        assert (await next_change(changes)).snapshot.tunnels == ()
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_buffer_overrun_resyncs(netns: str) -> None:
+    """ENOBUFS forced for real: the smallest receive buffer and a burst of 600 events."""
+    await ip_batch(netns, *VETH)
+    adds = [f"address add 198.18.2.{i}/32 dev d0" for i in range(1, 201)]
+    async with watching(netns=netns, rcvbuf=1) as (_, changes):
+        await ip_batch(netns, *adds)
+        change = await next_change(changes)
+        assert "resync" in change.reasons
+        await assert_quiet(changes)
+        # The reopened socket still sees events.
+        await ip_batch(netns, "route add default dev d0")
+        assert (await next_change(changes)).snapshot.default_v4
+
+
+@pytest.mark.anyio
+async def test_resolv_conf_replaced_by_rename(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 198.18.0.53\n")
+    async with watching(watch_files=[resolv]) as (_, changes):
+        fresh = tmp_path / ".resolv.conf.new"
+        fresh.write_text("search example.net\nnameserver 198.18.0.54\n")
+        os.replace(fresh, resolv)  # how DHCP clients and VPN scripts write it
+        # The host namespace may see unrelated events too; ours must be among the reasons.
+        assert "resolv.conf" in (await next_change(changes)).reasons
+        # Same content written again is no change.
+        fresh.write_text(resolv.read_text())
+        os.replace(fresh, resolv)
+        with anyio.move_on_after(DEBOUNCE * 3):
+            while True:
+                assert "resolv.conf" not in (await changes.receive()).reasons
+
+
+@pytest.mark.anyio
+async def test_missing_namespace_is_a_clear_error() -> None:
+    send, receive = anyio.create_memory_object_stream[NetworkChange]()
+    async with send, receive:
+        with pytest.raises(NetWatchError, match=r"'ogsdtest-missing': No such file"):
+            await NetWatcher(netns="ogsdtest-missing").run(send)
+
+
+def test_bad_gateway_address_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"not an IP address: 'gw\.example'"):
+        NetWatcher(gateways=["gw.example"])
+
+
+@pytest.mark.root
+def test_read_snapshot_in_namespace(netns: str) -> None:
+    assert read_snapshot(netns=netns) == EMPTY
+    script = "".join(f"{c}\n" for c in VETH) + "address add 2001:db8::2/64 dev d0 nodad\n"
+    script += "route add default via 2001:db8::1\nroute add 2001:db8:5::5/128 via 2001:db8::1\n"
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input=script.encode(), check=True)
+    snapshot = read_snapshot(netns=netns, gateways=["2001:db8:5::5"])
+    assert snapshot == NetSnapshot(
+        default_v4=False, default_v6=True, tunnels=(), host_routes=("2001:db8:5::5",)
+    )
