@@ -259,8 +259,11 @@ def test_bad_entries_are_refused_with_a_reason(store: Store) -> None:
 def test_unreadable_row_is_a_store_error(store: Store, db_path: Path) -> None:
     saved = store.save_entry(entry())
     with raw(db_path) as con:
-        con.execute("UPDATE cache_entries SET results = '[{\"host\": 1}]'")
-    with pytest.raises(StoreError, match=f"cache entry {saved.entry_id}.*unreadable"):
+        bad = {**result_to_dict(RESULTS[0], Metric.NETWORK), "host": 1}
+        con.execute("UPDATE cache_entries SET results = ?", (json.dumps([bad]),))
+    unreadable = (rf"row {saved.entry_id} of cache_entries is unreadable: "
+                  rf"cache entry {saved.entry_id}.results\[0\].host: expected text, got 1")
+    with pytest.raises(StoreError, match=unreadable):
         store.find_entry(HOME.keys)
 
 
@@ -317,6 +320,16 @@ def test_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert modes == {"ogsd": 0o700, "ogsd.db": 0o600, "ogsd.db-wal": 0o600,
                      "ogsd.db-shm": 0o600}
+
+
+def test_a_new_file_is_created_silently_at_the_current_version(db_path: Path) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    Store.open(db_path, on_event=lambda name, f: events.append((name, f))).close()
+    assert events == []
+    with raw(db_path) as con:
+        assert con.execute("SELECT * FROM schema_version").fetchall() == [
+            (1, store_schema.SCHEMA_VERSION)]
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_connections_carry_the_pragmas(store: Store, db_path: Path) -> None:
