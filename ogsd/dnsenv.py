@@ -1,0 +1,139 @@
+"""The location as OGS sees it: DNS search domain and DNS servers, read from resolv.conf."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.asyncresolver
+import dns.name
+import dns.resolver
+import structlog
+
+from ogsd.core.models import Location
+
+RESOLV_CONF = Path("/etc/resolv.conf")
+# systemd-resolved writes the uplink (per-network) servers here; /etc/resolv.conf then
+# only names its local stub, which is the same everywhere and says nothing of location.
+RESOLVED_UPLINK_CONF = Path("/run/systemd/resolve/resolv.conf")
+# resolved's stub listeners: 127.0.0.53 (full stub) and 127.0.0.54 (proxy-only stub).
+RESOLVED_STUBS = frozenset({"127.0.0.53", "127.0.0.54"})
+
+log = structlog.get_logger(__name__)
+
+
+class DnsConfigError(Exception):
+    """A resolv.conf that cannot be read or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsEnv:
+    """A location and where it was read from, with a note when it is second best."""
+
+    location: Location
+    source: Path
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvConf:
+    """The parts of resolv.conf(5) that make a location."""
+
+    domain: str
+    servers: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # nameserver values that are not IP addresses
+
+
+def parse_resolv_conf(text: str) -> ResolvConf:
+    """Parse resolv.conf text: the effective search domain and the nameservers in order."""
+    servers: list[str] = []
+    skipped: list[str] = []
+    domain = ""
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words or words[0][0] in "#;":
+            continue
+        keyword, args = words[0], words[1:]
+        if keyword == "nameserver" and args:
+            if _is_ip(args[0]):
+                servers.append(args[0])
+            else:
+                skipped.append(args[0])
+        elif keyword in ("search", "domain"):
+            # resolv.conf(5): search and domain are exclusive; the last instance wins.
+            # The location's domain is the first suffix of the winning line.
+            domain = _normalise_domain(args[0]) if args else ""
+    return ResolvConf(domain=domain, servers=tuple(servers), skipped=tuple(skipped))
+
+
+def inspect_dns(resolv_conf: Path | None = None, *, uplink_conf: Path | None = None) -> DnsEnv:
+    """Read the location, looking past systemd-resolved's stub to the uplink servers."""
+    path = resolv_conf or RESOLV_CONF
+    uplink_path = uplink_conf or RESOLVED_UPLINK_CONF
+    conf = _read(path)
+    if not conf.servers or not set(conf.servers) <= RESOLVED_STUBS:
+        return DnsEnv(Location(conf.domain, conf.servers), path)
+    try:
+        uplink = _read(uplink_path)
+    except DnsConfigError as exc:
+        note = f"only systemd-resolved's stub is configured and {exc}; using the stub"
+        return DnsEnv(Location(conf.domain, conf.servers), path, note)
+    if not uplink.servers:
+        note = f"{uplink_path} lists no DNS servers; using systemd-resolved's stub"
+        return DnsEnv(Location(conf.domain, conf.servers), path, note)
+    return DnsEnv(Location(uplink.domain or conf.domain, uplink.servers), uplink_path)
+
+
+def read_location(resolv_conf: Path | None = None, *, uplink_conf: Path | None = None) -> Location:
+    """The current location: first search domain (else `domain`) and nameserver IPs."""
+    env = inspect_dns(resolv_conf, uplink_conf=uplink_conf)
+    if env.note:
+        log.warning("dns location is second best", note=env.note, source=str(env.source))
+    return env.location
+
+
+def resolver_for(resolv_conf: Path | None = None) -> dns.asyncresolver.Resolver:
+    """An async resolver configured from resolv.conf (servers, search list, options)."""
+    path = resolv_conf or RESOLV_CONF
+    text = _read_text(path)
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    try:
+        resolver.read_resolv_conf(io.StringIO(text))
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise DnsConfigError(f"{path} lists no usable nameserver") from exc
+    return resolver
+
+
+def _read(path: Path) -> ResolvConf:
+    conf = parse_resolv_conf(_read_text(path))
+    if conf.skipped:
+        log.warning(
+            "ignoring nameserver values that are not IPs", path=str(path), values=list(conf.skipped)
+        )
+    return conf
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DnsConfigError(f"{path} does not exist") from exc
+    except OSError as exc:
+        raise DnsConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DnsConfigError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)  # accepts IPv6 with a %zone, as glibc does
+    except ValueError:
+        return False
+    return True
+
+
+def _normalise_domain(value: str) -> str:
+    # "." as a search domain means "no search"; domain names compare case-insensitively.
+    return value.rstrip(".").lower()
