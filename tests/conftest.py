@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["tests.dbus_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 IS_ROOT = os.geteuid() == 0
 

@@ -25,10 +25,6 @@ from tests.fakelogind import LOGIND_NAME, LOGIND_PATH, MANAGER_INTERFACE, FakeLo
 if TYPE_CHECKING:
     from tests.dbus_fixtures import DBusDaemon
 
-# The fixtures module is loaded as a plugin (not imported) so pytest can rewrite its
-# asserts; better still, list it in tests/conftest.py.
-pytest_plugins = ["tests.dbus_fixtures"]
-
 # Bound on every wait for the watcher; far above what any step takes when it works.
 WAIT = 5.0
 WALL = 1_700_000_000.0  # injected wall clock: event times are exact
