@@ -1,0 +1,120 @@
+"""When a probe round may stop early: the pure rule, fed with probe states and `now`.
+
+Why early: OGS waits for every probe of every gateway (or the 7 s deadline). Once the
+best complete figure is known, a gateway can only still win if one of its unfinished
+probes could come in *under* it. A running probe's figure is at least its elapsed time
+(for the exchange metric; for the network metric it is known exactly once TCP is up),
+so as time passes, slow or blackholed gateways drop out on their own: a round where a
+healthy gateway answers in 10 ms and another never answers SYN is settled ~10 ms after
+the blackholed probes started, not at the deadline. Ties do not beat (the first-found
+best stays). A round is also settled once every probe has finished.
+
+The leader's own unfinished probes are held to the same test: they cannot change the
+winner, but while they could still lower its figure they are let finish, so the winner
+normally reports AnyConnect's min-of-3. That costs at most one more best figure of time
+(its probes started together), and nothing when they are as fast as the first.
+
+Why the probes of one gateway run concurrently, each on its own connection: a lost SYN
+(1 s retransmit) on one probe then does not make a good gateway lose, because its other
+probes complete; and the winner is known after about one exchange instead of three
+sequential ones. The cost is three simultaneous handshakes per gateway, which is what
+AnyConnect's per-probe figure (min of 3) tolerates anyway.
+
+What early settlement gives up: the losers' figures are lower bounds only ("could not
+beat"), and the winner keeps the minimum of the probes it finished. A caller that must
+compare exact figures (the resume improvement threshold) can run the round to the end.
+
+Times here are monotonic seconds (`started`, `now`); figures are milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ogsd.core.models import Metric, ProbeSample
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    """One probe as the round sees it: pending, running, connected, done or failed."""
+
+    started: float | None = None  # monotonic s of its SYN; None while still pending
+    connected_ms: float | None = None  # TCP handshake time, once connected
+    done: ProbeSample | None = None  # the finished probe (complete or with an error)
+    failed: bool = False  # can no longer produce a figure (error, or gateway unresolvable)
+
+    @property
+    def finished(self) -> bool:
+        """Whether this probe will not change any more."""
+        return self.failed or self.done is not None
+
+    def figure(self, metric: Metric) -> float | None:
+        """The exact figure of a completed probe, else None."""
+        if self.failed or self.done is None:
+            return None
+        return self.done.figure(metric)
+
+    def beatable_until(self, best: float, metric: Metric) -> float | None:
+        """Monotonic time until which this probe could still come in under `best`.
+
+        `math.inf` means "until some event says otherwise" (pending, or a known figure
+        below `best`); None means it cannot beat `best` at all.
+        """
+        if self.finished:
+            figure = self.figure(metric)
+            return None if figure is None or figure >= best else math.inf
+        if self.started is None:
+            return math.inf  # not started: its figure could be anything
+        if metric is Metric.NETWORK and self.connected_ms is not None:
+            return math.inf if self.connected_ms < best else None
+        if self.connected_ms is not None and self.connected_ms >= best:
+            return None  # the exchange lasts at least as long as its TCP handshake
+        return self.started + best / 1000.0
+
+
+def best(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> tuple[str, float] | None:
+    """The gateway with the lowest complete figure so far, and that figure (first wins ties)."""
+    found: tuple[str, float] | None = None
+    for gateway, probes in states.items():
+        for probe in probes:
+            figure = probe.figure(metric)
+            if figure is not None and (found is None or figure < found[1]):
+                found = (gateway, figure)
+    return found
+
+
+def settle_time(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> float | None:
+    """Earliest monotonic time at which the round is settled if no probe changes state.
+
+    `-math.inf` when it already is regardless of time; None when only an event (a probe
+    starting, connecting or finishing) can settle it.
+    """
+    if all(probe.finished for probes in states.values() for probe in probes):
+        return -math.inf
+    leader = best(states, metric)
+    if leader is None:
+        return None
+    figure = leader[1]
+    at = -math.inf
+    for probes in states.values():
+        for probe in probes:
+            until = probe.beatable_until(figure, metric)
+            if until is not None:
+                at = max(at, until)
+    return None if at == math.inf else at
+
+
+def settled(states: Mapping[str, Sequence[ProbeState]], metric: Metric, now: float) -> bool:
+    """Whether no unfinished probe can change the round's winner any more."""
+    at = settle_time(states, metric)
+    return at is not None and now >= at
+
+
+def cancel_reason(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> str:
+    """The error recorded for probes stopped because the round settled early."""
+    leader = best(states, metric)
+    if leader is None:
+        return "cancelled"
+    return f"cancelled: could not beat {leader[0]} ({leader[1]:.1f} ms)"
