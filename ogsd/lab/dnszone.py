@@ -68,7 +68,7 @@ def answer(wire: bytes, zone: Zone, mode: DnsMode) -> bytes | None:
     question = query.question[0]
     name = question.name.to_text().lower()
     if (
-        mode is DnsMode.DROP_A_FOR_IP_LITERALS
+        mode == DnsMode.DROP_A_FOR_IP_LITERALS
         and question.rdtype == dns.rdatatype.A
         and is_ip_literal(name)
     ):

@@ -180,7 +180,12 @@ class Lab:
             for fd in fds:
                 os.close(fd)  # the relay holds them now; the TUNs die with it
         servers = self._spawn("servers", [], [], netns=self.server_ns)
-        state = {"name": self.name, "pids": {"relay": relay, "servers": servers}}
+        # `owner` lets a test session clean up labs whose creator died (see orphans()).
+        state = {
+            "name": self.name,
+            "owner": os.getpid(),
+            "pids": {"relay": relay, "servers": servers},
+        }
         (self.state_dir / "state.json").write_text(json.dumps(state) + "\n")
 
     def _spawn(self, what: str, args: list[str], fds: list[int], netns: str | None = None) -> int:
@@ -275,6 +280,19 @@ class Lab:
                 _ip("netns", "del", ns)
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         shutil.rmtree(lab.state_dir, ignore_errors=True)
+
+    @staticmethod
+    def orphans(prefix: str) -> list[str]:
+        """Names starting with `prefix` of labs whose creating process has exited."""
+        found = []
+        for state in sorted(RUN_DIR.glob(f"{prefix}*/state.json")):
+            try:
+                os.kill(int(json.loads(state.read_text())["owner"]), 0)
+            except ProcessLookupError:
+                found.append(state.parent.name)
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
 
     def __enter__(self) -> Lab:
         return self

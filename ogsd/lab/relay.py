@@ -56,7 +56,7 @@ def rules_for(spec: LabSpec) -> dict[bytes, Rule]:
     for gw in spec.gateways:
         up, down = gw.delays_ms
         table[ipaddress.ip_address(gw.address).packed] = Rule(
-            up / 1000, down / 1000, gw.jitter_ms / 1000, gw.loss, gw.mode is GatewayMode.BLACKHOLE
+            up / 1000, down / 1000, gw.jitter_ms / 1000, gw.loss, gw.mode == GatewayMode.BLACKHOLE
         )
     return table
 

@@ -165,7 +165,7 @@ class Servers:
         self.spec, self.zone = spec, dnszone.build_zone(spec)
         wanted: set[tuple[str, str]] = set()
         for gw in spec.gateways:
-            if gw.mode is not GatewayMode.REFUSE:
+            if gw.mode != GatewayMode.REFUSE:
                 wanted.add(("tls", gw.address))
                 if gw.http:
                     wanted.add(("http", gw.address))

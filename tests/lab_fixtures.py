@@ -1,0 +1,87 @@
+"""Pytest fixtures for the network lab (a plugin: list it in `pytest_plugins`).
+
+    def test_ranking(make_lab: LabFactory) -> None:
+        lab = make_lab(LabSpec.simple([20, 45, 80, 150]))
+        done = lab.exec([sys.executable, "-m", "ogsd", "evaluate", ...])
+
+Every lab gets a unique name (other sessions may run labs on this machine at the same
+time) and is taken down when its fixture ends, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from ogsd.lab import Lab, LabSpec
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+# "olab" + 6 hex: unique per lab, short enough for "<name>-c" as an interface name.
+NAME_PREFIX = "olab"
+
+LabFactory = Callable[[LabSpec], Lab]
+
+
+def lab_name() -> str:
+    """A fresh lab name no other session will pick."""
+    return NAME_PREFIX + secrets.token_hex(3)
+
+
+def require_root() -> None:
+    """Skip (fail under CI=true) when the lab cannot run here."""
+    if os.geteuid() == 0:
+        return
+    reason = "the lab needs root (network namespaces, TUN devices)"
+    if IN_CI:
+        pytest.fail(f"{reason}, and CI=true forbids skipping")
+    pytest.skip(reason)
+
+
+@contextmanager
+def _labs() -> Iterator[LabFactory]:
+    require_root()
+    made: list[Lab] = []
+
+    def make(spec: LabSpec) -> Lab:
+        lab = Lab.up(spec, lab_name())
+        made.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in made:
+            lab.down()
+
+
+@pytest.fixture(scope="session", autouse=False)
+def lab_orphans_removed() -> None:
+    """Take down labs of earlier sessions that died before their teardown ran."""
+    if os.geteuid() == 0:
+        for name in Lab.orphans(NAME_PREFIX):
+            Lab.teardown(name)
+
+
+@pytest.fixture
+def make_lab(lab_orphans_removed: None) -> Iterator[LabFactory]:
+    """Bring labs up for one test: `make_lab(spec) -> Lab`; all go down after it."""
+    with _labs() as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_lab_factory(lab_orphans_removed: None) -> Iterator[LabFactory]:
+    """Like make_lab, but the labs live until the module's last test (`lab.set` between)."""
+    with _labs() as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def session_lab_factory(lab_orphans_removed: None) -> Iterator[LabFactory]:
+    """Like make_lab, but the labs live for the whole session."""
+    with _labs() as make:
+        yield make
