@@ -252,7 +252,6 @@ class NetWatcher:
         self._watch_files = tuple(watch_files)
         self._gateways = _parse_gateways(gateways)
         self._rcvbuf = rcvbuf
-        self._wake_r, self._wake_w = -1, -1
 
     def set_gateways(self, gateways: Iterable[str]) -> None:
         """Addresses whose host routes the snapshots report (from the next dump on)."""
@@ -276,9 +275,9 @@ class NetWatcher:
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(deliver, item)
 
-        self._wake_r, self._wake_w = os.pipe()
+        wake_r, wake_w = os.pipe()  # a byte here stops the thread's select()
         thread = threading.Thread(
-            target=self._thread_main, args=(post,), name="ogsd-netwatch", daemon=True
+            target=self._thread_main, args=(post, wake_r), name="ogsd-netwatch", daemon=True
         )
         thread.start()
         try:
@@ -292,16 +291,17 @@ class NetWatcher:
                     # A slow consumer gets one merged change, not a backlog.
                     await send.send(_merge(await inbox.receive(), inbox))
         finally:
-            os.write(self._wake_w, b"x")
+            os.write(wake_w, b"x")
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(thread.join, JOIN_TIMEOUT)
             if thread.is_alive():
+                # Leave its fd open: closing it could hand the number to a new file.
                 log.warning("netlink watcher thread did not stop", timeout_s=JOIN_TIMEOUT)
             else:
-                os.close(self._wake_r)
-            os.close(self._wake_w)
+                os.close(wake_r)
+            os.close(wake_w)
 
-    def _thread_main(self, post: _Post) -> None:
+    def _thread_main(self, post: _Post, wake: int) -> None:
         events: _Events | None = None
         files: DirWatch | None = None
         try:
@@ -311,7 +311,7 @@ class NetWatcher:
             files = DirWatch(self._watch_files)
             state = _dump_state(self._gateways)
             post(state.snapshot)
-            self._loop(post, events, files, state)
+            self._loop(post, wake, events, files, state)
         except Exception as exc:
             post(_as_watch_error(exc))
         finally:
@@ -320,7 +320,9 @@ class NetWatcher:
             if files is not None:
                 files.close()
 
-    def _loop(self, post: _Post, events: _Events, files: DirWatch, state: _State) -> None:
+    def _loop(
+        self, post: _Post, wake: int, events: _Events, files: DirWatch, state: _State
+    ) -> None:
         max_delay = self._debounce * MAX_DELAY_FACTOR
         pending: set[str] = set()
         first_at = quiet_at = 0.0
@@ -329,11 +331,11 @@ class NetWatcher:
             if pending:
                 due = min(quiet_at, first_at + max_delay)
                 timeout = max(0.0, due - time.monotonic())
-            fds: list[int | _Events | DirWatch] = [self._wake_r, events]
+            fds: list[int | _Events | DirWatch] = [wake, events]
             if files.active:
                 fds.append(files)
             ready, _, _ = select.select(fds, [], [], timeout)
-            if self._wake_r in ready:
+            if wake in ready:
                 return
             got: set[str] = set()
             if events in ready:
