@@ -312,14 +312,19 @@ def _validate(name: str, method: Method, params: Json) -> Json:
     return out
 
 
-def _parse(line: bytes) -> tuple[Any, str, Method, Json]:
-    """(id, method name, method, validated params), or ApiError."""
+def _decode(line: bytes) -> Json:
+    """The request object, or ApiError (the reply then has a null id)."""
     try:
         request = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(PARSE_ERROR, f"parse error: {exc}") from None
     if not isinstance(request, dict):
         raise ApiError(INVALID_REQUEST, "invalid request: expected a JSON object")
+    return request
+
+
+def _resolve(request: Json) -> tuple[str, Method, Json]:
+    """(method name, method, validated params), or ApiError."""
     name = request.get("method")
     if not isinstance(name, str):
         raise ApiError(INVALID_REQUEST, "invalid request: 'method' must be a string")
@@ -331,7 +336,7 @@ def _parse(line: bytes) -> tuple[Any, str, Method, Json]:
         params = {}
     if not isinstance(params, dict):
         raise ApiError(BAD_PARAMS, f"{name}: 'params' must be an object")
-    return request.get("id"), name, method, _validate(name, method, params)
+    return name, method, _validate(name, method, params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +431,12 @@ class ApiServer:
                 _unlink_if_ours(self._path, identity)
 
     def _bind(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
+        try:
+            return self._bind_or_raise(path)
+        except OSError as exc:
+            raise ApiSetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+
+    def _bind_or_raise(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
         if not path.parent.exists():
             path.parent.mkdir(parents=True)
             # 0750 + group: only the API group may reach the socket; else anyone may look.
@@ -441,9 +452,9 @@ class ApiServer:
                 os.chown(path, -1, self._group)
             sock.listen(LISTEN_BACKLOG)
             st = os.lstat(path)
-        except OSError as exc:
+        except BaseException:
             sock.close()
-            raise ApiSetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+            raise
         return sock, (st.st_dev, st.st_ino)
 
     async def _accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
@@ -503,10 +514,13 @@ class ApiServer:
                 return
             if not line.strip():
                 continue
+            req_id = None
             try:
-                req_id, name, method, params = _parse(line)
+                request = _decode(line)
+                req_id = request.get("id")
+                name, method, params = _resolve(request)
             except ApiError as exc:
-                await self._send(stream, _error(None, exc.code, exc.message))
+                await self._send(stream, _error(req_id, exc.code, exc.message))
                 continue
             if method.write:
                 if admin is None:

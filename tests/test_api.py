@@ -104,6 +104,7 @@ class CannedHandler:
         self.loop_types: list[type] = []
         self.release = anyio.Event()  # evaluate(wait=True) blocks on it when `block`
         self.block = False
+        self.subscribed = anyio.Event()  # set when a watch starts
         self.unsubscribed = anyio.Event()  # set when a watch ends
 
     def _record(self, name: str, **params: Any) -> None:
@@ -171,6 +172,7 @@ class CannedHandler:
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Json]]:
         try:
             async with self.feed.subscribe() as events:
+                self.subscribed.set()
                 yield events
         finally:
             self.unsubscribed.set()
@@ -354,6 +356,7 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
     assert not (tmp_path / "api.sock").exists()  # unlinked on exit
 
 
+@pytest.mark.root  # setresuid / chown
 @pytest.mark.anyio
 async def test_socket_is_0660_with_group_in_a_created_parent(tmp_path: Path) -> None:
     path = tmp_path / "run" / "ogsd" / "api.sock"
@@ -367,6 +370,7 @@ async def test_socket_is_0660_with_group_in_a_created_parent(tmp_path: Path) -> 
         assert parent.st_gid == st.st_gid
 
 
+@pytest.mark.root  # setresuid / chown
 @pytest.mark.anyio
 async def test_unprivileged_peer_reads_but_cannot_write(shared_dir: Path) -> None:
     handler = CannedHandler()
@@ -386,6 +390,7 @@ async def test_unprivileged_peer_reads_but_cannot_write(shared_dir: Path) -> Non
     assert {name for name, _ in handler.calls} == {"status", "cache_list"}
 
 
+@pytest.mark.root  # setresuid / chown
 @pytest.mark.anyio
 async def test_socket_group_decides_who_connects(shared_dir: Path) -> None:
     path = shared_dir / "api.sock"
@@ -395,6 +400,7 @@ async def test_socket_group_decides_who_connects(shared_dir: Path) -> None:
     assert replies == [{"connect_errno": 13}]  # EACCES from the file mode
 
 
+@pytest.mark.root  # setresuid / chown
 @pytest.mark.anyio
 @pytest.mark.parametrize("grant", [{"admin_uids": [NOBODY]}, {"admin_group": "nogroup"}])
 async def test_admin_uids_and_admin_group_grant_writes(shared_dir: Path, grant: Json) -> None:
@@ -462,6 +468,8 @@ async def test_bad_requests_get_errors_and_nobody_is_disturbed(tmp_path: Path) -
             got_code, message = error_of(await bad.recv())
             assert (got_code, text in message) == (code, True), (line, message)
             assert (await good.call("selection"))["result"]["selected"]
+        await bad.send_line(b'{"id": "x7", "method": "nope"}')
+        assert (await bad.recv())["id"] == "x7"  # errors answer the request's id
         await bad.send_line(b"")  # blank lines are ignored, not errors
         assert (await bad.call("status"))["result"]["selected"]  # still usable
         # A client that vanishes mid-line disturbs nobody.
@@ -590,7 +598,8 @@ async def test_stale_socket_is_replaced_live_one_refused(tmp_path: Path) -> None
         dead.bind(os.fspath(path))  # left behind by a crashed daemon
     async with serving(CannedHandler(), path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
-        with pytest.raises(ApiSetupError, match="another ogsd is already listening on"):
+        with (pytest.raises(ApiSetupError, match="another ogsd is already listening on"),
+              anyio.fail_after(5)):
             await ApiServer(CannedHandler(), path=path).serve()
         client = await Client.connect(path)  # the first server is undisturbed
         assert (await client.call("status"))["result"]
@@ -601,9 +610,17 @@ async def test_stale_socket_is_replaced_live_one_refused(tmp_path: Path) -> None
 async def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
     path = tmp_path / "api.sock"
     path.write_text("precious")
-    with pytest.raises(ApiSetupError, match="exists and is not a socket"):
+    with pytest.raises(ApiSetupError, match="exists and is not a socket"), anyio.fail_after(5):
         await ApiServer(CannedHandler(), path=path).serve()
     assert path.read_text() == "precious"
+
+
+@pytest.mark.anyio
+async def test_unusable_directory_is_a_setup_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ApiSetupError,
+                       match=r"cannot listen on .*file/ogsd/api\.sock: Not a directory"):
+        await ApiServer(CannedHandler(), path=tmp_path / "file" / "ogsd" / "api.sock").serve()
 
 
 @pytest.mark.anyio

@@ -1,0 +1,376 @@
+"""ogsctl: ask ogsd which gateway to use, and tell it what happened (Unix-socket client).
+
+Imports only the standard library and `ogsd.core.report` (itself stdlib-only), so
+`openconnect $(ogsctl best)` costs no more than starting Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ogsd.core.report import selection_table
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the daemon answered an error, or no gateway is selected
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+EXIT_NO_DAEMON = 3  # no socket, nobody listening, or no answer
+EXIT_FORBIDDEN = 4  # the daemon (or the socket's mode) refused us
+
+SYSTEM_SOCKET = "/run/ogsd/ogsd.sock"
+# status & co. are answered from memory; a loaded laptop still answers within a second.
+DEFAULT_TIMEOUT_S = 5.0
+# evaluate --wait spans a round: 7 s deadline, the proxy check before it, the cache write.
+WAIT_TIMEOUT_S = 30.0
+FORBIDDEN = -32001  # ogsd.api.FORBIDDEN (not imported: the server pulls in anyio)
+RECV_CHUNK = 65536
+
+
+class CtlError(Exception):
+    """What to tell the user, and the exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def default_socket(env: dict[str, str] | None = None) -> str:
+    """$OGSD_SOCKET, else the system socket if present, else the per-user one."""
+    env = dict(os.environ) if env is None else env
+    if env.get("OGSD_SOCKET"):
+        return env["OGSD_SOCKET"]
+    if os.path.exists(SYSTEM_SOCKET):
+        return SYSTEM_SOCKET
+    runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return os.path.join(runtime, "ogsd", "ogsd.sock")
+
+
+class Connection:
+    """One connection to ogsd; requests are answered in order."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self._buffer = b""
+        self._next_id = 1
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except FileNotFoundError:
+            raise self._fail(EXIT_NO_DAEMON, f"ogsd is not running (no socket at {path})") from None
+        except ConnectionRefusedError:
+            raise self._fail(EXIT_NO_DAEMON,
+                             f"ogsd is not running (nothing listens on {path})") from None
+        except PermissionError:
+            raise self._fail(
+                EXIT_FORBIDDEN, f"permission denied on {path} (are you in ogsd's socket group?)"
+            ) from None
+        except TimeoutError:
+            raise self._fail(
+                EXIT_NO_DAEMON, f"ogsd did not accept a connection on {path} within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise self._fail(EXIT_NO_DAEMON,
+                             f"cannot connect to ogsd at {path}: {exc.strerror or exc}") from None
+
+    def _fail(self, code: int, message: str) -> CtlError:
+        self._sock.close()
+        return CtlError(code, message)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return its result, or raise CtlError for its error."""
+        req_id = self._next_id
+        self._next_id += 1
+        line = json.dumps({"id": req_id, "method": method, "params": params or {}})
+        try:
+            self._sock.sendall(line.encode() + b"\n")
+        except OSError as exc:
+            raise CtlError(EXIT_NO_DAEMON,
+                           f"lost the connection to ogsd at {self.path}: {exc}") from None
+        reply = self.receive()
+        error = reply.get("error")
+        if isinstance(error, dict):
+            code, message = error.get("code"), str(error.get("message", "unknown error"))
+            raise CtlError(EXIT_FORBIDDEN if code == FORBIDDEN else EXIT_ERROR,
+                           f"ogsd: {message}")
+        result = reply.get("result")
+        if reply.get("id") != req_id or not isinstance(result, dict):
+            raise CtlError(EXIT_ERROR, f"unexpected reply from ogsd: {_clip(reply)}")
+        return result
+
+    def receive(self) -> dict[str, Any]:
+        """The next JSON object the daemon sends."""
+        while b"\n" not in self._buffer:
+            try:
+                chunk = self._sock.recv(RECV_CHUNK)
+            except TimeoutError:
+                raise CtlError(EXIT_NO_DAEMON, f"ogsd did not answer within "
+                               f"{self._sock.gettimeout():g} s ({self.path})") from None
+            except OSError as exc:
+                raise CtlError(EXIT_NO_DAEMON,
+                               f"lost the connection to ogsd at {self.path}: {exc}") from None
+            if not chunk:
+                raise CtlError(EXIT_NO_DAEMON, f"ogsd closed the connection ({self.path})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise CtlError(EXIT_ERROR, f"unreadable reply from ogsd: {_clip(line)}") from None
+        if not isinstance(message, dict):
+            raise CtlError(EXIT_ERROR, f"unexpected reply from ogsd: {_clip(message)}")
+        return message
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Watch events, forever: no timeout once the stream is set up."""
+        self._sock.settimeout(None)
+        while True:
+            yield self.receive()
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# --- human output -------------------------------------------------------------
+
+
+def _text(value: object, missing: str = "-") -> str:
+    return missing if value is None or value == "" else str(value)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def format_status(result: dict[str, Any]) -> list[str]:
+    """A few aligned lines."""
+    location = result.get("location")
+    where = "-"
+    if isinstance(location, dict):
+        servers = ", ".join(str(s) for s in location.get("servers") or [])
+        where = f"{_text(location.get('domain'), '(no domain)')} via {servers or '-'}"
+    reason = _text(result.get("reason"))
+    if result.get("reason_text"):
+        reason += f": {result['reason_text']}"
+    rows = [
+        ("selected", _text(result.get("selected"), "none")),
+        ("reason", reason),
+        ("source", _text(result.get("source"))),
+        ("location", where),
+        ("decided at", _text(result.get("decided_at"), "never")),
+        ("connected", _text(result.get("connected"), "no")),
+        ("recommendation", _text(result.get("recommendation"), "none")),
+    ]
+    width = max(len(label) for label, _ in rows) + 3  # colon and two spaces
+    return [f"{label + ':':<{width}}{value}" for label, value in rows]
+
+
+def format_results(result: dict[str, Any]) -> list[str]:
+    """The AnyConnect-style table, with errors in the RTT column."""
+    rows = []
+    for row in result.get("results") or []:
+        if isinstance(row, dict):
+            error = row.get("error")
+            note = "unreachable" if error is None else f"unreachable: {error}"
+            rows.append((_text(row.get("host"), "?"), _number(row.get("rtt_ms")), note))
+    selected = result.get("selected")
+    lines = []
+    if result.get("source") == "cache":
+        lines.append("Results obtained from OGS cache. No ping tests were performed.")
+    lines += selection_table(rows, None if selected is None else str(selected))
+    if result.get("reason_text"):
+        lines.append(f"Reason: {result['reason_text']}")
+    return lines
+
+
+def format_cache(result: dict[str, Any]) -> list[str]:
+    """One line per cached location."""
+    entries = [e for e in result.get("entries") or [] if isinstance(e, dict)]
+    if not entries:
+        return ["OGS cache is empty."]
+    lines = []
+    for entry in entries:
+        location = entry.get("location")
+        if not isinstance(location, dict):
+            location = {}
+        servers = ",".join(str(s) for s in location.get("servers") or [])
+        order = " > ".join(str(h) for h in entry.get("order") or [])
+        lines.append(f"{_text(location.get('domain'), '(no domain)')} [{servers}]  "
+                     f"expires {_text(entry.get('expires_at'))}  order: {order or '-'}")
+    return lines
+
+
+def format_event(data: dict[str, Any]) -> str:
+    """One watch line: when, what, why."""
+    return (f"{_text(data.get('decided_at'))}  {_text(data.get('selected'), 'none')}  "
+            f"{_text(data.get('source'))}/{_text(data.get('reason'))}: "
+            f"{_text(data.get('reason_text'), '')}")
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def _request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    command = args.command
+    if command in ("best", "order"):
+        return "selection", {}
+    if command == "evaluate":
+        return "evaluate", {"wait": args.wait}
+    if command == "cache":
+        return f"cache.{args.action}", {}
+    if command == "notify":
+        return (f"notify.{args.event}",
+                {"host": args.host} if args.event == "connected" else {})
+    return command, {}
+
+
+def _render(args: argparse.Namespace, result: dict[str, Any]) -> tuple[list[str], int]:
+    """Lines for stdout and the exit code."""
+    if args.json:
+        code = EXIT_ERROR if args.command == "best" and not result.get("selected") else EXIT_OK
+        return [json.dumps(result, indent=2)], code
+    command = args.command
+    if command in ("best", "order"):
+        hosts = [str(h) for h in result.get("order") or []]
+        selected = result.get("selected")
+        if not selected or not hosts:
+            raise CtlError(EXIT_ERROR, "no gateway selected: "
+                           + _text(result.get("reason_text"), "no decision yet"))
+        return ([str(selected)] if command == "best" else hosts), EXIT_OK
+    if command == "status":
+        return format_status(result), EXIT_OK
+    if command == "results" or (command == "evaluate" and args.wait):
+        return format_results(result), EXIT_OK
+    if command == "cache" and args.action == "list":
+        return format_cache(result), EXIT_OK
+    if command == "cache":
+        cleared = result.get("cleared")
+        return [f"Cleared the OGS cache ({_text(cleared, '?')} entries); "
+                "the next connection re-runs OGS."], EXIT_OK
+    return [_text(result.get("message"), "ok")], EXIT_OK
+
+
+def _watch(args: argparse.Namespace, conn: Connection) -> int:
+    conn.request("watch")
+    try:
+        for message in conn.events():
+            data = message.get("data")
+            if message.get("event") != "decision" or not isinstance(data, dict):
+                continue  # newer daemons may send other events
+            print(json.dumps(data) if args.json else format_event(data), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
+    return EXIT_OK
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    # The options also work after the command (`ogsctl status --json`). There, SUPPRESS
+    # keeps an option that was not repeated from overwriting the one given before the
+    # command. Each parser gets its own actions: argparse shares them between parents.
+    unset = argparse.SUPPRESS
+    parser.add_argument("--socket", metavar="PATH", default=unset if after_command else None,
+                        help="ogsd's socket (default: $OGSD_SOCKET, /run/ogsd/ogsd.sock, "
+                             "$XDG_RUNTIME_DIR/ogsd/ogsd.sock)")
+    parser.add_argument("--json", action="store_true",
+                        default=unset if after_command else False,
+                        help="print the daemon's raw JSON result")
+    parser.add_argument("--timeout", metavar="S", type=_timeout,
+                        default=unset if after_command else None,
+                        help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT_S:g}, "
+                             f"{WAIT_TIMEOUT_S:g} for evaluate --wait)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`ogsctl [--socket PATH] [--json] [--timeout S] COMMAND ...`"""
+    parser = argparse.ArgumentParser(
+        prog="ogsctl", description="Query and steer ogsd, the VPN gateway selector.")
+    _add_common(parser, after_command=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=text, description=text)
+        _add_common(command, after_command=True)
+        return command
+
+    add("status", "the current selection, location and connection")
+    add("best", "the optimal gateway's host name only (openconnect $(ogsctl best))")
+    add("order", "the failover order, one host per line")
+    add("results", "the last round's table (AnyConnect style)")
+    add("evaluate", "run a probe round now").add_argument(
+        "--wait", action="store_true", help="wait for the round and print its table")
+    cache = add("cache", "the per-location OGS cache")
+    cache.add_argument("action", choices=("list", "clear"))
+    notify = add("notify", "tell ogsd about the VPN connection or the machine")
+    notify_sub = notify.add_subparsers(dest="event", required=True, metavar="EVENT")
+    notify_sub.add_parser("connected", help="a VPN connection is up").add_argument("host")
+    for event, text in (("disconnected", "the VPN connection went down"),
+                        ("sleep", "the machine is going to sleep"),
+                        ("resume", "the machine woke up")):
+        notify_sub.add_parser(event, help=text)
+    add("reload", "re-read the configuration and profiles")
+    add("watch", "print each decision as it happens, until Ctrl-C")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse, talk to ogsd, print; the exit code."""
+    args = build_parser().parse_args(argv)
+    path = args.socket or default_socket()
+    timeout = args.timeout or (
+        WAIT_TIMEOUT_S if args.command == "evaluate" and args.wait else DEFAULT_TIMEOUT_S)
+    try:
+        conn = Connection(path, timeout)
+        try:
+            if args.command == "watch":
+                return _watch(args, conn)
+            method, params = _request_for(args)
+            lines, code = _render(args, conn.request(method, params))
+        finally:
+            conn.close()
+    except CtlError as exc:
+        print(f"ogsctl: {exc.message}", file=sys.stderr)
+        return exc.code
+    for line in lines:
+        print(line)
+    return code
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        code = 130  # the shell's convention for "killed by SIGINT"
+    except BrokenPipeError:  # `ogsctl order | head -1`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_OK
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
