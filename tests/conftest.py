@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.dbus_fixtures"]
+pytest_plugins = ["tests.dbus_fixtures", "tests.lab_fixtures"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 IS_ROOT = os.geteuid() == 0

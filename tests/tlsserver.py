@@ -42,7 +42,11 @@ def _certificate() -> tuple[trustme.CA, trustme.LeafCert]:
 
 
 class LoopbackServer:
-    """A TLS (or plain) HTTP/1.1 server on 127.0.0.1:<random port>."""
+    """A TLS (or plain) HTTP/1.1 server on `host` (127.0.0.1 unless given):<port>.
+
+    Any 127.x.y.z address works on Linux loopback, so tests give each gateway its own
+    address (gateways are identified by host) and may ask for port 443 itself.
+    """
 
     def __init__(
         self,
@@ -53,7 +57,10 @@ class LoopbackServer:
         delay: float = 0.0,
         handshake_stall: float = 0.0,
         silent: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        self.host = host
         self.tls = tls
         self.status = status
         self.location = location
@@ -68,7 +75,7 @@ class LoopbackServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._open: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener = socket.create_server((host, port), backlog=64)
         self.port: int = self._listener.getsockname()[1]
         self._context: ssl.SSLContext | None = None
         if tls:

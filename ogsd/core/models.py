@@ -63,6 +63,10 @@ class Gateway:
         return self.name or self.host
 
 
+# Error prefix of a probe stopped because its gateway could no longer win the round.
+CANCELLED = "cancelled"
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeSample:
     """One probe: a fresh TCP connection, TLS handshake, one HTTPS request, close.
@@ -81,6 +85,11 @@ class ProbeSample:
     @property
     def complete(self) -> bool:
         return self.error is None and self.exchange_ms is not None
+
+    @property
+    def cancelled(self) -> bool:
+        """Stopped early because it could not beat the round's best: not a failure."""
+        return self.error is not None and self.error.startswith(CANCELLED)
 
     def figure(self, metric: Metric) -> float | None:
         """This probe's value for `metric`, or None unless the probe completed."""
@@ -113,6 +122,18 @@ class GatewayResult:
     def rtt(self, metric: Metric) -> float | None:
         """The gateway's figure: the minimum over its completed probes (AnyConnect's rule)."""
         values = [v for s in self.samples if (v := s.figure(metric)) is not None]
+        return min(values) if values else None
+
+    @property
+    def cut_short(self) -> bool:
+        """No probe completed, but only because the round settled without it."""
+        return any(s.cancelled for s in self.samples) and not any(
+            s.complete for s in self.samples)
+
+    @property
+    def network_hint(self) -> float | None:
+        """Fastest TCP connect seen, completed probe or not: orders the cut-short ones."""
+        values = [s.network_rtt_ms for s in self.samples if s.network_rtt_ms is not None]
         return min(values) if values else None
 
 

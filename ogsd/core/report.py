@@ -8,10 +8,10 @@ HEADER = "*** OGS Selection Results ***"
 HOST_WIDTH = 40
 
 
-def format_rtt(rtt_ms: float | None, error: str | None) -> str:
-    """Whole milliseconds like AnyConnect, or what went wrong."""
+def format_rtt(rtt_ms: float | None, note: str | None) -> str:
+    """Whole milliseconds like AnyConnect, or the note saying why there is no figure."""
     if rtt_ms is None:
-        return f"unreachable: {error}" if error else "unreachable"
+        return note or "unreachable"
     return f"{rtt_ms:.0f}" if rtt_ms >= 10 else f"{rtt_ms:.1f}"
 
 
@@ -21,7 +21,7 @@ def selection_table(
     """`*** OGS Selection Results ***`, a `Server Address  RTT (ms)` table, the verdict."""
     width = max([HOST_WIDTH, *(len(host) + 2 for host, _, _ in rows)])
     lines = [HEADER, f"{'Server Address':<{width}}RTT (ms)"]
-    lines += [f"{host:<{width}}{format_rtt(rtt, err)}" for host, rtt, err in rows]
+    lines += [f"{host:<{width}}{format_rtt(rtt, note)}" for host, rtt, note in rows]
     if selected is not None:
         lines.append(f"Selected '{selected}' as the optimal server.")
     else:

@@ -33,7 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ogsd.core.models import Metric, ProbeSample
+from ogsd.core.models import CANCELLED, Metric, ProbeSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,5 +116,5 @@ def cancel_reason(states: Mapping[str, Sequence[ProbeState]], metric: Metric) ->
     """The error recorded for probes stopped because the round settled early."""
     leader = best(states, metric)
     if leader is None:
-        return "cancelled"
-    return f"cancelled: could not beat {leader[0]} ({leader[1]:.1f} ms)"
+        return CANCELLED
+    return f"{CANCELLED}: could not beat {leader[0]} ({leader[1]:.1f} ms)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,9 @@ from ogsd.core.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
-    """Hosts with a usable figure, fastest first, then the rest in configured order."""
+    """Hosts with a usable figure, fastest first; then those the round cut short (they
+    could not win), by their fastest TCP connect; then failed ones in configured order.
+    """
 
     usable: tuple[tuple[str, float], ...]
     unusable: tuple[str, ...]
@@ -25,15 +28,20 @@ class Ranked:
 def rank(results: Sequence[GatewayResult], metric: Metric) -> Ranked:
     """Order by the gateway figure (min of its probes); ties keep the configured order."""
     usable: list[tuple[str, float]] = []
-    unusable: list[str] = []
+    cut: list[tuple[str, float]] = []
+    failed: list[str] = []
     for result in results:
         rtt = result.rtt(metric)
-        if rtt is None:
-            unusable.append(result.host)
-        else:
+        if rtt is not None:
             usable.append((result.host, rtt))
+        elif result.cut_short:
+            hint = result.network_hint
+            cut.append((result.host, math.inf if hint is None else hint))
+        else:
+            failed.append(result.host)
     usable.sort(key=lambda pair: pair[1])  # stable: equal figures keep profile order
-    return Ranked(tuple(usable), tuple(unusable))
+    cut.sort(key=lambda pair: pair[1])
+    return Ranked(tuple(usable), tuple(h for h, _ in cut) + tuple(failed))
 
 
 def improvement_met(current_ms: float, best_ms: float, settings: Settings) -> bool:

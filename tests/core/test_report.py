@@ -4,8 +4,9 @@ from ogsd.core.report import HEADER, format_rtt, selection_table
 
 
 def test_table_has_anyconnect_texts() -> None:
-    lines = selection_table([("vpn-a.example.com", 23.4, None), ("vpn-b.example.com", None,
-                                                                  "refused")], "vpn-a.example.com")
+    rows = [("vpn-a.example.com", 23.4, None),
+            ("vpn-b.example.com", None, "unreachable: refused")]
+    lines = selection_table(rows, "vpn-a.example.com")
     assert lines[0] == HEADER == "*** OGS Selection Results ***"
     assert lines[1].startswith("Server Address")
     assert lines[1].endswith("RTT (ms)")

@@ -1,0 +1,5 @@
+import sys
+
+from ogsd.cli import main
+
+sys.exit(main())

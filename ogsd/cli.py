@@ -1,0 +1,192 @@
+"""`ogsd`: evaluate once, manage the cache, or run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import structlog
+
+from ogsd import logs
+from ogsd.config import Config, ConfigError, load_config
+from ogsd.core.report import selection_table
+from ogsd.core.triggers import Trigger
+from ogsd.dnsenv import DnsConfigError, read_location, resolver_for
+from ogsd.engine import Engine, table_rows
+from ogsd.paths import DB_NAME, default_layout
+from ogsd.store import Store, StoreError, decision_to_dict
+
+EXIT_OK, EXIT_NONE, EXIT_BAD_INPUT = 0, 1, 2
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ogsd", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="ogsd.toml (default: the mode's path)")
+        p.add_argument("--profile", type=Path, action="append", default=[],
+                       help="AnyConnect profile XML (repeatable; no ogsd.toml needed)")
+        p.add_argument("--state-dir", type=Path, help="where the database lives")
+
+    ev = sub.add_parser("evaluate", help="decide for the current location and print why")
+    common(ev)
+    ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ev.add_argument("--no-cache", action="store_true", help="probe even if cached")
+
+    cache = sub.add_parser("cache", help="list or clear the location cache")
+    cache.add_argument("action", choices=["list", "clear"])
+    cache.add_argument("--state-dir", type=Path)
+    cache.add_argument("--json", action="store_true")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    common(run)
+    run.add_argument("--socket", type=Path, help="Unix socket path")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, clock: Clock = _utcnow) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logs.configure(level=level)
+    try:
+        if args.command == "evaluate":
+            return _evaluate(args, clock)
+        if args.command == "cache":
+            return _cache(args)
+        return _run(args)
+    except BadInput as exc:
+        print(f"ogsd: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+class BadInput(Exception):
+    """A problem with what the user gave us: exit status 2, message, no traceback."""
+
+
+def config_path(arg: Path | None, profiles: Sequence[Path]) -> Path | None:
+    """The ogsd.toml to read: the one given, else the mode's default if it exists.
+
+    With only `--profile` given no ogsd.toml is needed.
+    """
+    if arg is not None or profiles:
+        return arg
+    default = default_layout().config
+    return default if default.exists() else None
+
+
+def load(path: Path | None, profiles: Sequence[Path]) -> Config:
+    """Load the configuration, turning every input error into BadInput."""
+    try:
+        return load_config(config_path(path, profiles), profiles)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def state_dir(arg: Path | None) -> Path:
+    return arg if arg is not None else default_layout().state_dir
+
+
+def open_store(directory: Path) -> Store:
+    try:
+        return Store.open(directory / DB_NAME, on_event=_store_event)
+    except (StoreError, OSError) as exc:
+        raise BadInput(f"state database in {directory}: {exc}") from None
+
+
+def _store_event(event: str, fields: dict[str, object]) -> None:
+    structlog.get_logger("ogsd.store").warning(event, **fields)
+
+
+def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
+    config = load(args.config, args.profile)
+    try:
+        location = read_location(config.resolv_conf)
+        resolver = resolver_for(config.resolv_conf)
+    except DnsConfigError as exc:
+        raise BadInput(str(exc)) from None
+    store = open_store(state_dir(args.state_dir))
+    with closing(store):
+        engine = Engine(config, store, clock=clock, resolver=resolver)
+        trigger = Trigger.FORCED if args.no_cache else Trigger.EVALUATE
+        decision = anyio.run(engine.evaluate, trigger, location,
+                             backend_options={"use_uvloop": True})
+    if args.json:
+        print(json.dumps(decision_to_dict(decision)))
+    else:
+        for line in selection_table(table_rows(decision), decision.selected):
+            print(line)
+        print(f"Source: {decision.source.value} ({decision.reason_text})")
+        if len(decision.order) > 1:
+            print("Failover order: " + ", ".join(decision.order))
+    return EXIT_OK if decision.selected is not None else EXIT_NONE
+
+
+def _cache(args: argparse.Namespace) -> int:
+    store = open_store(state_dir(args.state_dir))
+    with closing(store):
+        if args.action == "clear":
+            removed = store.clear_cache()
+            state = store.load_state()
+            store.save_state(dataclasses.replace(state, cache_cleared_at=_utcnow()))
+            print(json.dumps({"removed": removed}) if args.json
+                  else f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
+            return EXIT_OK
+        entries = store.list_entries()
+    if args.json:
+        print(json.dumps([{
+            "domain": e.location.domain, "servers": list(e.location.servers),
+            "keys": list(e.location.keys), "order": list(e.order), "metric": e.metric.value,
+            "created_at": e.created_at.isoformat(), "expires_at": e.expires_at.isoformat(),
+        } for e in entries]))
+    else:
+        for e in entries:
+            print(f"{e.location.domain or '(no domain)'} "
+                  f"[{', '.join(e.location.servers)}] -> {', '.join(e.order)} "
+                  f"(cached {e.created_at:%Y-%m-%d %H:%M}, expires {e.expires_at:%Y-%m-%d %H:%M})")
+        if not entries:
+            print("cache is empty")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: D-Bus, netlink and the socket server are not needed by `evaluate`.
+    from ogsd.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
+
+    profiles = tuple(args.profile)
+    config = load(args.config, profiles)
+    path = config_path(args.config, profiles)
+    for warning in config.warnings:
+        structlog.get_logger("ogsd").warning(warning)
+    socket_path = args.socket
+    if socket_path is None and not socket_activated():
+        socket_path = default_layout().socket
+    options = Options(path, profiles, state_dir(args.state_dir), socket_path)
+    store = open_store(options.state_dir)
+    with closing(store):
+        daemon = Daemon(options, config, store,
+                        load_config=lambda: load_config(path, profiles))
+        anyio.run(daemon.run, backend_options={"use_uvloop": True})
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

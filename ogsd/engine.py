@@ -1,0 +1,145 @@
+"""One evaluation: location -> trigger rules -> cache or probe round -> decision -> store.
+
+Shared by `ogsd evaluate` and the daemon. Owns no policy (that is `ogsd.core`); it
+fetches what the rules need, runs the round they ask for, and records the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+import dns.asyncresolver
+import structlog
+
+from ogsd.config import Config
+from ogsd.core.cache import entry_from_decision
+from ogsd.core.models import Decision, GatewayResult, Location, Reason, Source
+from ogsd.core.report import selection_table
+from ogsd.core.selection import (
+    decide_from_cache,
+    decide_round,
+    decide_skipped,
+    failover_order,
+    rank,
+)
+from ogsd.core.triggers import Action, Trigger, plan
+from ogsd.probe import probe_round
+from ogsd.store import Store
+
+log = structlog.get_logger("ogsd.engine")
+
+Clock = Callable[[], datetime]
+
+
+class Engine:
+    """Evaluates the current location with one config, one store and one clock."""
+
+    def __init__(self, config: Config, store: Store, *, clock: Clock,
+                 resolver: dns.asyncresolver.Resolver | None = None,
+                 wall_clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.resolver = resolver
+        # Probe timestamps (epoch seconds) come from the same injected clock.
+        self.wall_clock = wall_clock or (lambda: self.clock().timestamp())
+
+    async def evaluate(self, trigger: Trigger, location: Location, *,
+                       slept: timedelta | None = None, netenv_ok: bool = True) -> Decision:
+        """Decide for `location` as `trigger` requires, store and log the outcome."""
+        settings = self.config.settings
+        gateways = self.config.gateways
+        store = self.store
+        state = await anyio.to_thread.run_sync(store.load_state)
+        entry = await anyio.to_thread.run_sync(store.find_entry, location.keys)
+        now = self.clock()
+        p = plan(trigger, settings=settings, state=state, location=location, entry=entry,
+                 now=now, slept=slept, netenv_ok=netenv_ok)
+        log.info("evaluation planned", trigger=trigger.value, action=p.action.value,
+                 why=p.text, domain=location.domain, servers=list(location.servers))
+
+        if p.action is Action.CACHE and p.entry is not None:
+            log.info(p.text)
+            decision = decide_from_cache(
+                location=location, order=p.entry.order, results=p.entry.results,
+                metric=p.entry.metric, cached_at=p.entry.created_at,
+                expires_at=p.entry.expires_at, now=now)
+        elif p.action is Action.SKIP:
+            log.info(p.text)
+            decision = decide_skipped(location=location, reason=p.reason or Reason.DISABLED,
+                                      text=p.text, metric=settings.metric, now=now,
+                                      last_gateway=state.last_gateway, gateways=gateways)
+        elif p.action is Action.KEEP:
+            log.info(p.text)
+            decision = self._keep(await anyio.to_thread.run_sync(store.decisions, 1),
+                                  location, p.text, state.last_gateway, now)
+        else:
+            outcome = await probe_round(
+                gateways, metric=settings.metric, probe_count=settings.probe_count,
+                deadline=settings.round_deadline.total_seconds(),
+                probe_timeout=settings.probe_timeout.total_seconds(),
+                proxy_check_for=() if entry is not None else [g.host for g in gateways],
+                resolver=self.resolver, clock=self.wall_clock,
+                # The threshold compares the current gateway's own figure: it must not be
+                # cut short just because another gateway is already known to be faster.
+                settle_early=not p.apply_threshold)
+            now = self.clock()
+            decision = decide_round(
+                location=location, gateways=gateways, results=outcome.results,
+                settings=settings, now=now, current=state.connected,
+                last_gateway=state.last_gateway, apply_threshold=p.apply_threshold)
+            log.info("round finished", elapsed_s=round(outcome.elapsed_s, 3),
+                     settled_early=outcome.settled_early, deadline_hit=outcome.deadline_hit)
+            if decision.source is Source.PROBES:
+                # The cache keeps the measured order even when the threshold kept the
+                # user where they are: it answers "what is best here", not "where am I".
+                measured = rank(outcome.results, settings.metric).hosts
+                cached = entry_from_decision(
+                    dataclasses.replace(decision, order=failover_order(
+                        measured[0], measured, gateways)),
+                    settings.cache_lifetime)
+                await anyio.to_thread.run_sync(store.save_entry, cached)
+
+        self._log_table(decision)
+        await anyio.to_thread.run_sync(store.add_decision, decision)
+        if decision.selected is not None and decision.selected != state.last_gateway:
+            new_state = dataclasses.replace(state, last_gateway=decision.selected)
+            await anyio.to_thread.run_sync(store.save_state, new_state)
+        return decision
+
+    def _keep(self, previous: list[Decision], location: Location, text: str,
+              last_gateway: str | None, now: datetime) -> Decision:
+        """The previous selection stands: republish it with the reason it was kept."""
+        gateways = self.config.gateways
+        if previous:
+            prev = previous[0]
+            return dataclasses.replace(prev, reason=Reason.KEPT, reason_text=text,
+                                       decided_at=now, location=location)
+        return decide_skipped(location=location, reason=Reason.KEPT, text=text,
+                              metric=self.config.settings.metric, now=now,
+                              last_gateway=last_gateway, gateways=gateways)
+
+    @staticmethod
+    def _log_table(decision: Decision) -> None:
+        rows = table_rows(decision)
+        for line in selection_table(rows, decision.selected):
+            log.info(line, source=decision.source.value, reason=decision.reason.value)
+
+
+def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]:
+    """(host, figure, error) for the selection table, fastest first."""
+    metric = decision.metric
+    ranked = rank(decision.results, metric).hosts
+    by_host = {r.host: r for r in decision.results}
+    return [(h, by_host[h].rtt(metric), row_note(by_host[h])) for h in ranked]
+
+
+def row_note(result: GatewayResult) -> str:
+    """What the table shows for a gateway without a figure."""
+    if result.cut_short:
+        return "cut short: could not win"
+    error = result.error or next((s.error for s in result.samples if s.error), None)
+    return f"unreachable: {error}" if error else "unreachable"
