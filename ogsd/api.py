@@ -30,7 +30,8 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ogsd.core.models import CacheEntry, Decision, GatewayResult, Location
+from ogsd.core.models import CacheEntry, Decision
+from ogsd.store_schema import decision_to_dict, entry_to_dict
 
 # JSON-RPC 2.0 codes, plus ours in its server-defined range (-32000..-32099).
 PARSE_ERROR = -32700
@@ -131,50 +132,22 @@ class Handler(Protocol):
 # --- encoders: core types to the wire shapes above ---------------------------------
 
 
-def location_json(location: Location) -> Json:
-    """{"domain", "servers", "keys"}."""
-    return {"domain": location.domain, "servers": list(location.servers),
-            "keys": list(location.keys)}
-
-
-def result_json(result: GatewayResult, decision: Decision) -> Json:
-    """One table row: the gateway's figure for the decision's metric and every probe."""
-    rtt = result.rtt(decision.metric)
-    error = result.error
-    if rtt is None and error is None:
-        error = next((s.error for s in result.samples if s.error), None)
-    return {
-        "host": result.host,
-        "address": result.address,
-        "rtt_ms": rtt,
-        "network_rtt_ms": [s.network_rtt_ms for s in result.samples],
-        "exchange_ms": [s.exchange_ms for s in result.samples],
-        "tcp_info_rtt_ms": [s.tcp_info_rtt_ms for s in result.samples],
-        "probe_started_at": [s.started_at for s in result.samples],
-        "probe_errors": [s.error for s in result.samples],
-        "error": error,
-    }
-
-
-def selection_json(decision: Decision | None) -> Json:
-    """The `selection` result; a null decision means none was made yet."""
-    if decision is None:
-        return {"selected": None, "order": [], "source": None, "reason": None,
-                "reason_text": "no decision yet", "decided_at": None}
-    return {"selected": decision.selected, "order": list(decision.order),
-            "source": str(decision.source), "reason": str(decision.reason),
-            "reason_text": decision.reason_text,
-            "decided_at": decision.decided_at.isoformat()}
+# One wire shape everywhere: the socket API speaks what `ogsd evaluate --json` prints.
+NO_DECISION: Json = {"selected": None, "order": [], "source": None,
+                     "reason": "no decision yet", "reason_code": None, "metric": None,
+                     "location": None, "results": [], "decided_at": None}
+SELECTION_KEYS = ("selected", "order", "source", "reason", "reason_code", "decided_at")
 
 
 def decision_json(decision: Decision | None) -> Json:
-    """The `results` / `evaluate --wait` / watch event shape."""
-    out = selection_json(decision)
-    out["metric"] = None if decision is None else str(decision.metric)
-    out["location"] = None if decision is None else location_json(decision.location)
-    out["results"] = [] if decision is None else [
-        result_json(r, decision) for r in decision.results]
-    return out
+    """The `results` / `evaluate --wait` / watch event shape (`decision_to_dict`)."""
+    return dict(NO_DECISION) if decision is None else decision_to_dict(decision)
+
+
+def selection_json(decision: Decision | None) -> Json:
+    """The `selection` result: the failover order and why."""
+    full = decision_json(decision)
+    return {key: full[key] for key in SELECTION_KEYS}
 
 
 def status_json(decision: Decision | None, *, connected: str | None,
@@ -189,10 +162,7 @@ def status_json(decision: Decision | None, *, connected: str | None,
 
 def cache_entry_json(entry: CacheEntry) -> Json:
     """One `cache.list` entry."""
-    return {"id": entry.entry_id, "location": location_json(entry.location),
-            "order": list(entry.order), "metric": str(entry.metric),
-            "created_at": entry.created_at.isoformat(),
-            "expires_at": entry.expires_at.isoformat()}
+    return entry_to_dict(entry)
 
 
 class DecisionFeed:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ogsd.core.report import selection_table
+from ogsd.core.report import row_note, selection_table
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the daemon answered an error, or no gateway is selected
@@ -162,9 +162,9 @@ def format_status(result: dict[str, Any]) -> list[str]:
     if isinstance(location, dict):
         servers = ", ".join(str(s) for s in location.get("servers") or [])
         where = f"{_text(location.get('domain'), '(no domain)')} via {servers or '-'}"
-    reason = _text(result.get("reason"))
-    if result.get("reason_text"):
-        reason += f": {result['reason_text']}"
+    reason = _text(result.get("reason_code"))
+    if result.get("reason"):
+        reason += f": {result['reason']}"
     rows = [
         ("selected", _text(result.get("selected"), "none")),
         ("reason", reason),
@@ -184,15 +184,15 @@ def format_results(result: dict[str, Any]) -> list[str]:
     for row in result.get("results") or []:
         if isinstance(row, dict):
             error = row.get("error")
-            note = "unreachable" if error is None else f"unreachable: {error}"
+            note = row_note(None if error is None else str(error))
             rows.append((_text(row.get("host"), "?"), _number(row.get("rtt_ms")), note))
     selected = result.get("selected")
     lines = []
     if result.get("source") == "cache":
         lines.append("Results obtained from OGS cache. No ping tests were performed.")
     lines += selection_table(rows, None if selected is None else str(selected))
-    if result.get("reason_text"):
-        lines.append(f"Reason: {result['reason_text']}")
+    if result.get("reason"):
+        lines.append(f"Reason: {result['reason']}")
     return lines
 
 
@@ -216,8 +216,8 @@ def format_cache(result: dict[str, Any]) -> list[str]:
 def format_event(data: dict[str, Any]) -> str:
     """One watch line: when, what, why."""
     return (f"{_text(data.get('decided_at'))}  {_text(data.get('selected'), 'none')}  "
-            f"{_text(data.get('source'))}/{_text(data.get('reason'))}: "
-            f"{_text(data.get('reason_text'), '')}")
+            f"{_text(data.get('source'))}/{_text(data.get('reason_code'))}: "
+            f"{_text(data.get('reason'), '')}")
 
 
 # --- commands -----------------------------------------------------------------
@@ -248,7 +248,7 @@ def _render(args: argparse.Namespace, result: dict[str, Any]) -> tuple[list[str]
         selected = result.get("selected")
         if not selected or not hosts:
             raise CtlError(EXIT_ERROR, "no gateway selected: "
-                           + _text(result.get("reason_text"), "no decision yet"))
+                           + _text(result.get("reason"), "no decision yet"))
         return ([str(selected)] if command == "best" else hosts), EXIT_OK
     if command == "status":
         return format_status(result), EXIT_OK

@@ -17,7 +17,7 @@ import structlog
 from ogsd.config import Config
 from ogsd.core.cache import entry_from_decision
 from ogsd.core.models import Decision, GatewayResult, Location, Reason, Source
-from ogsd.core.report import selection_table
+from ogsd.core.report import row_note, selection_table
 from ogsd.core.selection import (
     decide_from_cache,
     decide_round,
@@ -134,12 +134,9 @@ def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]
     metric = decision.metric
     ranked = rank(decision.results, metric).hosts
     by_host = {r.host: r for r in decision.results}
-    return [(h, by_host[h].rtt(metric), row_note(by_host[h])) for h in ranked]
+    return [(h, by_host[h].rtt(metric), row_note(result_error(by_host[h]))) for h in ranked]
 
 
-def row_note(result: GatewayResult) -> str:
-    """What the table shows for a gateway without a figure."""
-    if result.cut_short:
-        return "cut short: could not win"
-    error = result.error or next((s.error for s in result.samples if s.error), None)
-    return f"unreachable: {error}" if error else "unreachable"
+def result_error(result: GatewayResult) -> str | None:
+    """Why a gateway has no figure: its own error, else its first failed probe's."""
+    return result.error or next((s.error for s in result.samples if s.error), None)

@@ -81,7 +81,7 @@ def canned_decision(decided_at: datetime = T0, selected: str = "vpn-tokyo.exampl
                       (sample(31.0, 98.0), sample(30.2, 97.1), sample(30.8, 99.4))),
         GatewayResult("vpn-sydney.example.com", "198.18.3.10",
                       tuple(ProbeSample(started_at=1_795_000_000.0, error="refused")
-                            for _ in range(3))),
+                            for _ in range(3)), error="refused"),
     )
     return Decision(
         location=LOCATION, source=Source.PROBES, reason=Reason.PROBES,
@@ -306,11 +306,11 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
         status = (await client.call("status"))["result"]
         assert status["selected"] == "vpn-tokyo.example.com"
         assert status["source"] == "probes"
-        assert status["reason"] == "probes"
+        assert status["reason_code"] == "probes"
         assert status["location"] == {
             "domain": "corp.example.com", "servers": ["10.0.0.53", "10.0.0.54"],
             "keys": ["corp.example.com|10.0.0.53", "corp.example.com|10.0.0.54"]}
-        assert status["decided_at"] == "2026-11-26T07:30:00+00:00"
+        assert status["decided_at"] == "2026-11-26T07:30:00.000000+00:00"
         assert status["connected"] is None
         assert status["recommendation"] == "stay on vpn-tokyo.example.com"
         assert "results" not in status
@@ -318,7 +318,7 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
         selection = (await client.call("selection"))["result"]
         assert selection["order"] == ["vpn-tokyo.example.com", "vpn-tokyo-backup.example.com",
                                       "vpn-osaka.example.com", "vpn-sydney.example.com"]
-        assert selection["reason_text"].startswith("Selected 'vpn-tokyo.example.com'")
+        assert selection["reason"].startswith("Selected 'vpn-tokyo.example.com'")
 
         rows = (await client.call("results"))["result"]["results"]
         assert [r["host"] for r in rows] == ["vpn-tokyo.example.com", "vpn-osaka.example.com",
@@ -333,7 +333,7 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
             "vpn-tokyo.example.com")
         entries = (await client.call("cache.list"))["result"]["entries"]
         assert entries[0]["id"] == 7
-        assert entries[0]["expires_at"] == "2026-12-10T07:30:00+00:00"
+        assert entries[0]["expires_at"] == "2026-12-10T07:30:00.000000+00:00"
         assert (await client.call("cache.clear"))["result"] == {"cleared": 1}
         reply = await client.call("notify.connected", {"host": "vpn-osaka.example.com"})
         assert reply["result"]["message"] == "connected to vpn-osaka.example.com"

@@ -67,7 +67,7 @@ def test_status_is_a_few_aligned_lines(daemon: Daemon) -> None:
         "from 3 gateways",
         "source:          probes",
         "location:        corp.example.com via 10.0.0.53, 10.0.0.54",
-        "decided at:      2026-11-26T07:30:00+00:00",
+        "decided at:      2026-11-26T07:30:00.000000+00:00",
         "connected:       no",
         "recommendation:  stay on vpn-tokyo.example.com",
     ]
@@ -136,7 +136,7 @@ def test_cache_list_and_clear(daemon: Daemon) -> None:
     listed = ogsctl(daemon.path, "cache", "list")
     assert listed.returncode == 0
     assert listed.stdout == (
-        "corp.example.com [10.0.0.53,10.0.0.54]  expires 2026-12-10T07:30:00+00:00  order: "
+        "corp.example.com [10.0.0.53,10.0.0.54]  expires 2026-12-10T07:30:00.000000+00:00  order: "
         "vpn-tokyo.example.com > vpn-tokyo-backup.example.com > vpn-osaka.example.com > "
         "vpn-sydney.example.com\n")
     cleared = ogsctl(daemon.path, "cache", "clear")
@@ -248,7 +248,7 @@ def test_watch_prints_each_decision_until_ctrl_c(daemon: Daemon) -> None:
         ready, _, _ = select.select([proc.stdout], [], [], 10)
         assert ready, "no event line within 10 s"
         line = proc.stdout.readline()
-        assert line == ("2026-11-26T08:30:00+00:00  vpn-osaka.example.com  probes/probes: "
+        assert line == ("2026-11-26T08:30:00.000000+00:00  vpn-osaka.example.com  probes/probes: "
                         "Selected 'vpn-osaka.example.com' (23.4 ms network RTT) from 3 "
                         "gateways\n")
         proc.send_signal(signal.SIGINT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ogsd.core.models import CANCELLED
+
 HEADER = "*** OGS Selection Results ***"
 HOST_WIDTH = 40
 
@@ -13,6 +15,13 @@ def format_rtt(rtt_ms: float | None, note: str | None) -> str:
     if rtt_ms is None:
         return note or "unreachable"
     return f"{rtt_ms:.0f}" if rtt_ms >= 10 else f"{rtt_ms:.1f}"
+
+
+def row_note(error: str | None) -> str:
+    """What the table shows for a gateway without a figure, from its error text."""
+    if error is not None and error.startswith(CANCELLED):
+        return "cut short: could not win"
+    return f"unreachable: {error}" if error else "unreachable"
 
 
 def selection_table(
