@@ -181,11 +181,14 @@ def format_status(result: dict[str, Any]) -> list[str]:
 def format_results(result: dict[str, Any]) -> list[str]:
     """The AnyConnect-style table, with errors in the RTT column."""
     rows = []
-    for row in result.get("results") or []:
-        if isinstance(row, dict):
-            error = row.get("error")
-            note = row_note(None if error is None else str(error))
-            rows.append((_text(row.get("host"), "?"), _number(row.get("rtt_ms")), note))
+    order = [str(h) for h in result.get("order") or []]
+    listed = [r for r in result.get("results") or [] if isinstance(r, dict)]
+    # The failover order is the ranking; rows it lacks keep their place at the end.
+    listed.sort(key=lambda r: order.index(r["host"]) if r.get("host") in order else len(order))
+    for row in listed:
+        error = row.get("error")
+        note = row_note(None if error is None else str(error))
+        rows.append((_text(row.get("host"), "?"), _number(row.get("rtt_ms")), note))
     selected = result.get("selected")
     lines = []
     if result.get("source") == "cache":

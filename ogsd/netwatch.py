@@ -92,6 +92,7 @@ _GROUPS = (
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_Q_OVERFLOW = 0x100, 0x200, 0x4000
 _DIR_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+_FILE_MASK = IN_MODIFY | IN_CLOSE_WRITE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -162,14 +163,18 @@ class DirWatch:
     """Report when any of some files changes content, via inotify on their directories.
 
     resolv.conf is replaced by rename (DHCP clients, VPN scripts, resolved), so a watch on
-    the file would follow the old inode: watch the directory and filter by name. inotify
-    rather than a stat-poll: no wake-ups while idle, no polling delay. A symlink's target
+    the file would follow the old inode: watch the directory and filter by name. The file
+    itself is watched too, re-armed after every change: a write through another path
+    (the bind mount `ip netns exec` puts over /etc/resolv.conf, written at
+    /etc/netns/NS/resolv.conf) reaches only the inode, not our directory. inotify rather
+    than a stat-poll: no wake-ups while idle, no polling delay. A symlink's target
     directory (resolved's stub file) is watched too, as resolved at start.
     """
 
     def __init__(self, files: Sequence[Path]) -> None:
         self._files = tuple(files)
         self._names: dict[int, set[str]] = {}
+        self._file_wds: set[int] = set()
         self._contents = self._read_all()
         self._fd = -1
         if not self._files:
@@ -188,6 +193,14 @@ class DirWatch:
                     )
                     continue
                 self._names.setdefault(wd, set()).add(path.name)
+        self._arm_files()
+
+    def _arm_files(self) -> None:
+        """Watch each file's current inode (a replaced file has a new one)."""
+        for file in self._files:
+            wd = _libc.inotify_add_watch(self._fd, os.fsencode(file), _FILE_MASK)
+            if wd >= 0:
+                self._file_wds.add(wd)
 
     @property
     def active(self) -> bool:
@@ -209,7 +222,10 @@ class DirWatch:
                 wd, mask, _cookie, length = struct.unpack_from("=iIII", data, offset)
                 name = os.fsdecode(data[offset + 16 : offset + 16 + length].rstrip(b"\0"))
                 offset += 16 + length
-                relevant |= bool(mask & IN_Q_OVERFLOW) or name in self._names.get(wd, ())
+                relevant |= (bool(mask & IN_Q_OVERFLOW) or wd in self._file_wds
+                             or name in self._names.get(wd, ()))
+        if relevant:
+            self._arm_files()
         if not relevant:
             return False
         contents = self._read_all()

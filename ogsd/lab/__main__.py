@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from ogsd.lab import selftest
+from ogsd.lab import demo, selftest
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.lab import DEFAULT_NAME, Lab, LabError
 
@@ -66,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("down", help="remove everything of a lab (idempotent)")
     p.add_argument("--name", default=DEFAULT_NAME)
+    sub.add_parser("demo", help="ogsd run among four lab gateways, then a move")
     p = sub.add_parser("selftest", help="measure a fresh lab against its spec")
     p.add_argument("--name", default=SELFTEST_NAME)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("ogsd.lab: needs root (network namespaces, TUN devices); try sudo", file=sys.stderr)
         return 2
+    if args.command == "demo":
+        return demo.main()
     try:
         Lab.check_name(args.name)
         if args.command == "up":
