@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The daemon in the foreground, user mode (no root), on the shipped config.
 run: $(STAMP)
-	$(BIN)/ogsd evaluate --config config/ogsd.toml --state-dir $(CURDIR)/.state
+	OGSD_USER_MODE=1 $(BIN)/ogsd run --config config/ogsd.toml
+
+# A real decision with no gateways of your own: four lab gateways at real distances
+# (needs root for the network namespaces).
+demo: $(STAMP)
+	$(BIN)/python -m ogsd.lab demo
+
+# Round time, ogsd vs the AnyConnect method, on the lab (root).
+bench: $(STAMP)
+	$(BIN)/python -m bench.round_time
 
 test: $(STAMP)
 	$(BIN)/ruff check ogsd tests bench
