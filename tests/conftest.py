@@ -2,12 +2,15 @@
 
 Tests that need root (network namespaces, the lab) are marked `root`. Without root they
 skip with the reason, except under CI=true, where skipping would hide a broken
-environment: there they run, and fail if they cannot.
+environment: there they run, and fail if they cannot. Likewise under CI=true any other
+skip (a missing dbus-daemon, systemd-analyze, shellcheck...) is a failure, unless the
+test is marked `ci_may_skip` because what it needs depends on the kernel or host.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import pytest
 
@@ -24,3 +27,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("root") is not None:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if IN_CI and report.skipped and item.get_closest_marker("ci_may_skip") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must run every test: {reason}"
+    return report

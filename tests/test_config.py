@@ -157,6 +157,7 @@ def test_given_profile_paths_replace_the_files_list(tmp_path: Path) -> None:
     assert [g.host for g in config.gateways] == ["vpn-tyo.example.com", "vpn-gru.example.com"]
 
 
+@pytest.mark.ci_may_skip
 @pytest.mark.skipif(any(d.exists() for d in DEFAULT_PROFILE_DIRS),
                     reason="AnyConnect profile directories exist on this machine")
 def test_missing_default_profile_dirs_are_fine_but_no_gateways_is_not(tmp_path: Path) -> None:

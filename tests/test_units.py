@@ -193,6 +193,7 @@ print("ok")
 """
 
 
+@pytest.mark.ci_may_skip
 def test_python_stack_runs_with_memory_deny_write_execute() -> None:
     """MemoryDenyWriteExecute=yes is safe: the kernel's MDWE (same rule) doesn't break us."""
     result = subprocess.run([sys.executable, "-c", MDWE_CHILD], capture_output=True,
