@@ -9,12 +9,19 @@ from typing import TextIO
 import structlog
 
 
+class _Stderr:
+    """Logger factory writing to whatever sys.stderr is at the time of each call."""
+
+    def __call__(self, *args: object) -> structlog.PrintLogger:
+        return structlog.PrintLogger(sys.stderr)
+
+
 def configure(*, level: int = logging.INFO, stream: TextIO | None = None,
               json: bool | None = None) -> None:
-    """Route structlog to `stream` (stderr); JSON unless the stream is a terminal."""
-    stream = sys.stderr if stream is None else stream
+    """Route structlog to `stream` (default: stderr, looked up when each line is written,
+    so a redirected or replaced stderr is honoured); JSON unless it is a terminal."""
     if json is None:
-        json = not stream.isatty()
+        json = not (sys.stderr if stream is None else stream).isatty()
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -28,6 +35,6 @@ def configure(*, level: int = logging.INFO, stream: TextIO | None = None,
         processors=[*processors, structlog.processors.format_exc_info, renderer]
         if json else [*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=_Stderr() if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

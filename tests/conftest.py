@@ -10,9 +10,10 @@ test is marked `ci_may_skip` because what it needs depends on the kernel or host
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
+import structlog
 
 pytest_plugins = ["tests.dbus_fixtures", "tests.lab_fixtures"]
 
@@ -39,3 +40,10 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which must run every test: {reason}"
     return report
+
+
+@pytest.fixture(autouse=True)
+def _structlog_isolated() -> Iterator[None]:
+    """A test that configures logging (e.g. through `ogsd.cli.main`) must not leak it."""
+    yield
+    structlog.reset_defaults()
