@@ -10,6 +10,8 @@ test is marked `ci_may_skip` because what it needs depends on the kernel or host
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -47,3 +49,14 @@ def _structlog_isolated() -> Iterator[None]:
     """A test that configures logging (e.g. through `ogsd.cli.main`) must not leak it."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace (root), deleted afterwards."""
+    name = f"ogsdtest-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

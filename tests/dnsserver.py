@@ -32,18 +32,13 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ogsd.lab.dnszone import is_ip_literal
+
 # Bounded so a stuck test cannot hang teardown forever.
 STOP_TIMEOUT_S = 5.0
 TTL = 60
 
 
-def is_ip_literal(name: str) -> bool:
-    """True if a query name (with or without trailing dot) is an IP address literal."""
-    try:
-        ipaddress.ip_address(name.rstrip("."))
-    except ValueError:
-        return False
-    return True
 
 
 class DnsServer:

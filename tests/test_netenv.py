@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.asyncquery
@@ -16,9 +14,10 @@ import dns.message
 import pytest
 
 from ogsd.core.models import Location
+from ogsd.lab.dnszone import is_ip_literal
 from ogsd.netenv import network_environment_test
 from ogsd.netwatch import read_snapshot
-from tests.dnsserver import DnsServer, is_ip_literal
+from tests.dnsserver import DnsServer
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,16 +136,6 @@ async def main(with_server):
 
 anyio.run(main, {with_server}, backend_options={{"use_uvloop": True}})
 """
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"ogsdtest-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def run_in_namespace(netns: str, *, with_server: bool) -> tuple[bool, bool, bool, str]:
