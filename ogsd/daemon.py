@@ -66,6 +66,7 @@ class _Job:
     trigger: Trigger
     slept: timedelta | None = None
     netenv_ok: bool = True
+    sleep_started_at: datetime | None = None  # the sleep record this resume settles
     done: anyio.Event = field(default_factory=anyio.Event)
     decision: Decision | None = None
     error: str | None = None
@@ -95,6 +96,7 @@ class Daemon:
         self._sleep_watcher: SleepWatcher | None = None
         self._net_watcher: NetWatcher | None = None
         self._tunnel_detected: str | None = None
+        self._resuming: datetime | None = None  # sleep record of the resume job queued
         self.rounds = 0  # evaluations finished (tests and status read it)
 
     # --- lifecycle ---------------------------------------------------------------
@@ -127,6 +129,9 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.feed.close()
+            # Jobs queued but not run die with us; their streams must not outlive run().
+            self._jobs_send.close()
+            self._jobs_recv.close()
             log.info("ogsd stopped")
 
     def _api_server(self) -> api.ApiServer:
@@ -174,8 +179,8 @@ class Daemon:
     # --- evaluations -------------------------------------------------------------
 
     async def submit(self, trigger: Trigger, *, slept: timedelta | None = None,
-                     netenv_ok: bool = True) -> _Job:
-        job = _Job(trigger, slept, netenv_ok)
+                     netenv_ok: bool = True, sleep_started_at: datetime | None = None) -> _Job:
+        job = _Job(trigger, slept, netenv_ok, sleep_started_at)
         await self._jobs_send.send(job)
         return job
 
@@ -186,10 +191,14 @@ class Daemon:
                     raise DnsConfigError("no DNS configuration: location unknown")
                 job.decision = await self.engine.evaluate(
                     job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok)
-                self._published(job.decision)
             except (DnsConfigError, OSError) as exc:
                 job.error = str(exc)
                 log.error("evaluation failed", trigger=job.trigger.value, error=job.error)
+            try:
+                if job.sleep_started_at is not None:
+                    await self._sleep_handled(job.sleep_started_at)
+                if job.decision is not None:
+                    self._published(job.decision)
             finally:
                 self.rounds += 1
                 job.done.set()
@@ -271,11 +280,11 @@ class Daemon:
                              gateways=self._gateway_addresses())
         self._net_watcher = watcher
         send, recv = anyio.create_memory_object_stream[NetworkChange](16)
-        async with anyio.create_task_group() as tg:
+        # Both ends closed on the way out (a restart by _supervise makes a new pair).
+        async with send, recv, anyio.create_task_group() as tg:
             tg.start_soon(watcher.run, send)
-            async with recv:
-                async for change in recv:
-                    await self._network_changed(change)
+            async for change in recv:
+                await self._network_changed(change)
 
     async def _network_changed(self, change: NetworkChange) -> None:
         log.info("network changed", reasons=list(change.reasons),
@@ -312,17 +321,16 @@ class Daemon:
         watcher = SleepWatcher(bus_address=self.options.bus_address)
         self._sleep_watcher = watcher
         send, recv = anyio.create_memory_object_stream[SleepEvent](16)
-        async with anyio.create_task_group() as tg:
+        async with send, recv, anyio.create_task_group() as tg:
             tg.start_soon(watcher.run, send)
-            async with recv:
-                async for event in recv:
-                    if event.kind == "sleep":
-                        try:
-                            await self._going_to_sleep()
-                        finally:  # never hold the machine awake, even if saving failed
-                            watcher.ready_for_sleep()
-                    else:
-                        await self._resumed(event.slept)
+            async for event in recv:
+                if event.kind == "sleep":
+                    try:
+                        await self._going_to_sleep()
+                    finally:  # never hold the machine awake, even if saving failed
+                        watcher.ready_for_sleep()
+                else:
+                    await self._resumed(event.slept)
 
     async def _going_to_sleep(self) -> None:
         state = await self._state()
@@ -334,8 +342,13 @@ class Daemon:
 
     async def _resumed(self, slept: timedelta | None) -> _Job | None:
         state = await self._state()
-        if state.sleep_started_at is not None:
-            slept = max(slept or timedelta(0), self.clock() - state.sleep_started_at)
+        started = state.sleep_started_at
+        if started is not None and started == self._resuming:
+            log.info("resume already being handled")  # logind and the sleep hook both tell us
+            return None
+        self._resuming = started
+        if started is not None:
+            slept = max(slept or timedelta(0), self.clock() - started)
         elif slept is None:
             log.info("resume already handled")
             return None
@@ -346,9 +359,19 @@ class Daemon:
                 self.location, gateway_names=[g.host for g in self.config.gateways])
             netenv_ok = result.ok
             log.info("network environment test", ok=result.ok, detail=result.detail)
-        job = await self.submit(Trigger.RESUME, slept=slept, netenv_ok=netenv_ok)
-        await self._update_state(connected_at_sleep=False, sleep_started_at=None)
-        return job
+        # The sleep record is cleared by the worker once this job is decided, not here:
+        # the rules read connected_at_sleep, and a restart before the decision must
+        # handle the resume again.
+        return await self.submit(Trigger.RESUME, slept=slept, netenv_ok=netenv_ok,
+                                 sleep_started_at=started)
+
+    async def _sleep_handled(self, started: datetime) -> None:
+        """The resume from the sleep recorded at `started` is decided: forget that sleep."""
+        if self._resuming == started:
+            self._resuming = None
+        state = await self._state()
+        if state.sleep_started_at == started:  # not a newer sleep recorded meanwhile
+            await self._update_state(connected_at_sleep=False, sleep_started_at=None)
 
     # --- api.Handler -------------------------------------------------------------
 
