@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -145,8 +144,7 @@ def _cache(args: argparse.Namespace) -> int:
     with closing(store):
         if args.action == "clear":
             removed = store.clear_cache()
-            state = store.load_state()
-            store.save_state(dataclasses.replace(state, cache_cleared_at=_utcnow()))
+            store.update_state(cache_cleared_at=_utcnow())
             print(json.dumps({"removed": removed}) if args.json
                   else f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
             return EXIT_OK

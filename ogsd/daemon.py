@@ -7,7 +7,7 @@ worker (rounds never overlap); notify systemd; shut down cleanly. Policy lives i
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import os
 import random
@@ -252,9 +252,8 @@ class Daemon:
         return await anyio.to_thread.run_sync(self.store.load_state)
 
     async def _update_state(self, **changes: Any) -> DaemonState:
-        state = dataclasses.replace(await self._state(), **changes)
-        await anyio.to_thread.run_sync(self.store.save_state, state)
-        return state
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.store.update_state, **changes))
 
     # --- events ------------------------------------------------------------------
 

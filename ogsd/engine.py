@@ -7,6 +7,7 @@ fetches what the rules need, runs the round they ask for, and records the outcom
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -105,9 +106,12 @@ class Engine:
 
         self._log_table(decision)
         await anyio.to_thread.run_sync(store.add_decision, decision)
-        if decision.selected is not None and decision.selected != state.last_gateway:
-            new_state = dataclasses.replace(state, last_gateway=decision.selected)
-            await anyio.to_thread.run_sync(store.save_state, new_state)
+        # The fallback target is the gateway in use: while connected that is the
+        # connection's (set when it is reported), otherwise the latest selection.
+        if (decision.selected is not None and state.connected is None
+                and decision.selected != state.last_gateway):
+            await anyio.to_thread.run_sync(
+                functools.partial(store.update_state, last_gateway=decision.selected))
         return decision
 
     def _keep(self, previous: list[Decision], location: Location, text: str,

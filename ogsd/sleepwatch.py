@@ -362,7 +362,7 @@ class SleepWatcher:
                     await self._take_inhibitor(bus)
             except Exception as exc:  # the next resume tries again; sleep is not held up
                 log.error("could not take the sleep inhibitor again", error=str(exc))
-        log.info("system resumed", slept_s=slept.total_seconds() if slept else None)
+        log.info("system resumed", slept_s=None if slept is None else slept.total_seconds())
         await send.send(SleepEvent("resume", "logind", at=self._now(), slept=slept))
 
     async def _try_inhibitor(self, bus: MessageBus) -> None:

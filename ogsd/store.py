@@ -8,6 +8,7 @@ The JSON shape functions live in store_schema and are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -396,24 +397,40 @@ class Store:
     def load_state(self) -> DaemonState:
         """The persisted daemon state; the defaults when none was saved."""
         with self._read("load the daemon state") as conn:
-            data = conn.execute(select(schema.state.c.data)).scalar_one_or_none()
-        if data is None:
-            return DaemonState()
-        try:
-            return state_from_dict(json.loads(data))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            raise StoreError(f"stored daemon state is unreadable: {exc}") from exc
+            return _state_of(conn)
 
     def save_state(self, state: DaemonState) -> None:
         """Replace the persisted daemon state in one transaction."""
-        try:
-            data = schema.dumps(state_to_dict(state))
-        except ValueError as exc:
-            raise StoreError(f"cannot save daemon state: {exc}") from exc
-        upsert = insert(schema.state).values(id=1, data=data)
         with self._write("save the daemon state") as conn:
-            conn.execute(upsert.on_conflict_do_update(index_elements=[schema.state.c.id],
-                                                      set_={"data": data}))
+            _put_state(conn, state)
+
+    def update_state(self, **changes: Any) -> DaemonState:
+        """Change some fields of the state atomically (read and write in one transaction),
+        so concurrent updaters never overwrite each other's fields; returns the result."""
+        with self._write("update the daemon state") as conn:
+            state = dataclasses.replace(_state_of(conn), **changes)
+            _put_state(conn, state)
+        return state
+
+
+def _state_of(conn: Connection) -> DaemonState:
+    data = conn.execute(select(schema.state.c.data)).scalar_one_or_none()
+    if data is None:
+        return DaemonState()
+    try:
+        return state_from_dict(json.loads(data))
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise StoreError(f"stored daemon state is unreadable: {exc}") from exc
+
+
+def _put_state(conn: Connection, state: DaemonState) -> None:
+    try:
+        data = schema.dumps(state_to_dict(state))
+    except ValueError as exc:
+        raise StoreError(f"cannot save daemon state: {exc}") from exc
+    upsert = insert(schema.state).values(id=1, data=data)
+    conn.execute(upsert.on_conflict_do_update(index_elements=[schema.state.c.id],
+                                              set_={"data": data}))
 
 
 def _decoded(convert: Callable[[Row[Any]], _T], row: Row[Any], table: str) -> _T:

@@ -548,3 +548,29 @@ def test_threads_writing_at_once_lose_nothing(store: Store) -> None:
         mine = [n % 1000 for n in numbers if n // 1000 == t]
         assert mine == list(range(writes - 1, -1, -1))
     print(f"{threads * writes * 2} writes from {threads} threads in {elapsed:.2f} s")
+
+
+def test_update_state_changes_only_its_fields_even_concurrently(store: Store) -> None:
+    """Two updaters of different fields (a round ending, a connection reported) both win."""
+    store.save_state(DaemonState(last_gateway="a"))
+    barrier = threading.Barrier(2)
+
+    def connect(i: int) -> None:
+        barrier.wait()
+        store.update_state(connected=f"gw-{i}")
+
+    def disconnect_time(i: int) -> None:
+        barrier.wait()
+        store.update_state(last_disconnect_at=T0 + timedelta(minutes=i))
+
+    for i in range(50):
+        threads = [threading.Thread(target=connect, args=(i,)),
+                   threading.Thread(target=disconnect_time, args=(i,))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        state = store.load_state()
+        assert (state.connected, state.last_disconnect_at, state.last_gateway) == (
+            f"gw-{i}", T0 + timedelta(minutes=i), "a")
+    assert store.update_state(last_gateway="b").last_gateway == "b"
