@@ -99,9 +99,11 @@ class Handler(Protocol):
     async def results(self) -> Json:
         """`results`: the last decision in full (the table)."""
 
-    async def evaluate(self, *, wait: bool) -> Json:
-        """`evaluate` {"wait": bool=false}: force a round; wait=true returns the decision,
-        else {"started": bool, "message": str}."""
+    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
+        """`evaluate` {"wait": bool=false, "connect": bool=false}: force a round; with
+        connect, apply AnyConnect's connect-time rules instead (cache, and no new round
+        within the suspend time of the last disconnection); wait=true returns the
+        decision, else {"started": bool, "message": str}."""
 
     async def cache_list(self) -> Json:
         """`cache.list`: {"entries": [cache entry]}."""
@@ -240,7 +242,8 @@ METHODS: dict[str, Method] = {
     "results": Method("results", write=False),
     "cache.list": Method("cache_list", write=False),
     "watch": Method("subscribe", write=False),
-    "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False)}),
+    "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False),
+                                                       "connect": Param(bool, default=False)}),
     "cache.clear": Method("cache_clear", write=True),
     "notify.connected": Method("notify_connected", write=True,
                                params={"host": Param(str, required=True, check=_check_host)}),

@@ -231,7 +231,7 @@ def _request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if command in ("best", "order"):
         return "selection", {}
     if command == "evaluate":
-        return "evaluate", {"wait": args.wait}
+        return "evaluate", {"wait": args.wait, "connect": args.connect}
     if command == "cache":
         return f"cache.{args.action}", {}
     if command == "notify":
@@ -322,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("best", "the optimal gateway's host name only (openconnect $(ogsctl best))")
     add("order", "the failover order, one host per line")
     add("results", "the last round's table (AnyConnect style)")
-    add("evaluate", "run a probe round now").add_argument(
-        "--wait", action="store_true", help="wait for the round and print its table")
+    evaluate = add("evaluate", "run a probe round now")
+    evaluate.add_argument("--wait", action="store_true",
+                          help="wait for the round and print its table")
+    evaluate.add_argument("--connect", action="store_true",
+                          help="about to connect: AnyConnect's rules (cache; no new round "
+                               "within the suspend time of the last disconnection)")
     cache = add("cache", "the per-location OGS cache")
     cache.add_argument("action", choices=("list", "clear"))
     notify = add("notify", "tell ogsd about the VPN connection or the machine")

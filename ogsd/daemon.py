@@ -393,8 +393,8 @@ class Daemon:
     async def results(self) -> Json:
         return api.decision_json(self.decision)
 
-    async def evaluate(self, *, wait: bool) -> Json:
-        job = await self.submit(Trigger.FORCED)
+    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
+        job = await self.submit(Trigger.CONNECT if connect else Trigger.FORCED)
         if not wait:
             return {"started": True, "message": "evaluation queued"}
         await job.done.wait()
@@ -414,6 +414,11 @@ class Daemon:
         return {"cleared": cleared}
 
     async def notify_connected(self, *, host: str) -> Json:
+        # Client hooks may only know the address (openconnect's $VPNGATEWAY): name it
+        # after the gateway it was probed as, so thresholds compare the right figures.
+        d = self.decision
+        by_address = {r.address: r.host for r in d.results if r.address} if d else {}
+        host = by_address.get(host, host)
         await self._update_state(connected=host, last_gateway=host,
                                  last_connect_at=self.clock())
         log.info("VPN connected", host=host)

@@ -120,11 +120,12 @@ class Engine:
         gateways = self.config.gateways
         if previous:
             prev = previous[0]
-            return dataclasses.replace(prev, reason=Reason.KEPT, reason_text=text,
-                                       decided_at=now, location=location)
-        return decide_skipped(location=location, reason=Reason.KEPT, text=text,
+            return dataclasses.replace(prev, source=Source.KEPT, reason=Reason.KEPT,
+                                       reason_text=text, decided_at=now, location=location)
+        kept = decide_skipped(location=location, reason=Reason.KEPT, text=text,
                               metric=self.config.settings.metric, now=now,
                               last_gateway=last_gateway, gateways=gateways)
+        return dataclasses.replace(kept, source=Source.KEPT)
 
     @staticmethod
     def _log_table(decision: Decision) -> None:

@@ -126,8 +126,8 @@ class CannedHandler:
         self._record("results")
         return decision_json(self.decision)
 
-    async def evaluate(self, *, wait: bool) -> Json:
-        self._record("evaluate", wait=wait)
+    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
+        self._record("evaluate", wait=wait, connect=connect)
         if not wait:
             return {"started": True, "message": "evaluation started"}
         if self.block:
@@ -346,8 +346,8 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
         assert server.clients == 1
         await client.aclose()
 
-    assert ("evaluate", {"wait": False}) in handler.calls
-    assert ("evaluate", {"wait": True}) in handler.calls
+    assert ("evaluate", {"wait": False, "connect": False}) in handler.calls
+    assert ("evaluate", {"wait": True, "connect": False}) in handler.calls
     assert ("notify_connected", {"host": "vpn-osaka.example.com"}) in handler.calls
     assert {name for name, _ in handler.calls} >= {
         "status", "selection", "results", "cache_list", "cache_clear", "notify_disconnected",

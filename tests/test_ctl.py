@@ -129,7 +129,7 @@ def test_evaluate(daemon: Daemon) -> None:
     waited = ogsctl(daemon.path, "evaluate", "--wait")
     assert waited.returncode == 0
     assert "Selected 'vpn-tokyo.example.com' as the optimal server." in waited.stdout
-    assert ("evaluate", {"wait": True}) in daemon.handler.calls
+    assert ("evaluate", {"wait": True, "connect": False}) in daemon.handler.calls
 
 
 def test_cache_list_and_clear(daemon: Daemon) -> None:

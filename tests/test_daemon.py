@@ -28,7 +28,7 @@ import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
-from ogsd.core.triggers import Trigger
+from ogsd.core.triggers import ALREADY_TEXT, Trigger
 from ogsd.ctl import Connection
 from ogsd.daemon import Options
 from ogsd.lab import Lab, LabSpec
@@ -278,6 +278,37 @@ async def test_short_suspend_keeps_long_suspend_reprobes_past_the_threshold(
         switched = await suspend(8)
         assert (switched["source"], switched["reason_code"], switched["selected"]) == (
             "probes", "probes", SLOW)
+
+
+@pytest.mark.anyio
+async def test_connect_rules_reconnect_within_suspend_time_keeps_the_selection(
+        setup: Setup, servers: tuple[LoopbackServer, LoopbackServer]) -> None:
+    """`ogsctl evaluate --connect`: AnyConnect's first-connection / reconnection rules."""
+    fast, slow = servers
+    clock = FakeClock()
+    options = setup.options(watch_network=False, watch_sleep=False)
+    async with running_daemon(options, setup.config, clock) as (_daemon, decisions):
+        assert (await decisions.next())["source"] == "probes"
+        async with api_client(setup.socket) as client:
+            await client.result("notify.connected", {"host": FAST})
+            await client.result("notify.disconnected")
+            seen = counts(fast, slow)
+            # Reconnecting an hour later: OGS was already performed, nothing is measured.
+            clock.advance(timedelta(hours=1))
+            again = await client.result("evaluate", {"wait": True, "connect": True})
+            assert (again["source"], again["reason_code"], again["selected"]) == (
+                "kept", "kept", FAST)
+            assert again["reason"] == ALREADY_TEXT
+            assert counts(fast, slow) == seen
+            # Five hours after the disconnection OGS runs again: here from the cache.
+            clock.advance(timedelta(hours=4))
+            cached = await client.result("evaluate", {"wait": True, "connect": True})
+            assert (cached["source"], cached["selected"]) == ("cache", FAST)
+            # Clearing the cache forces a re-evaluation: probes, at once.
+            await client.result("cache.clear")
+            probed = await decisions.next(skip=lambda d: d["source"] in ("kept", "cache"))
+            assert (probed["source"], probed["selected"]) == ("probes", FAST)
+            assert counts(fast, slow) > seen
 
 
 # --- h, i: the socket API of the running daemon -------------------------------------------

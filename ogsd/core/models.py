@@ -30,6 +30,7 @@ class Source(StrEnum):
     CACHE = "cache"
     FALLBACK = "fallback"
     SKIPPED = "skipped"
+    KEPT = "kept"  # the previous decision's order stands; nothing measured now
 
 
 class Reason(StrEnum):
