@@ -167,6 +167,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: D-Bus, netlink and the socket server are not needed by `evaluate`.
+    from ogsd.api import ApiSetupError  # noqa: PLC0415
     from ogsd.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
 
     profiles = tuple(args.profile)
@@ -182,8 +183,14 @@ def _run(args: argparse.Namespace) -> int:
     with closing(store):
         daemon = Daemon(options, config, store,
                         load_config=lambda: load_config(path, profiles))
-        anyio.run(daemon.run, backend_options={"use_uvloop": True})
-    return EXIT_OK
+        failures: list[str] = []
+        try:
+            anyio.run(daemon.run, backend_options={"use_uvloop": True})
+        except* (ApiSetupError, ConfigError) as group:  # e.g. another ogsd on the socket
+            failures += [str(exc) for exc in group.exceptions]
+    for failure in failures:
+        print(f"ogsd: {failure}", file=sys.stderr)
+    return EXIT_NONE if failures else EXIT_OK
 
 
 if __name__ == "__main__":

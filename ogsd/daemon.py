@@ -34,16 +34,13 @@ from ogsd.netenv import network_environment_test
 from ogsd.netwatch import NetWatcher, NetworkChange
 from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.sleepwatch import SleepEvent, SleepWatcher
-from ogsd.store import Store
+from ogsd.store import Store, StoreError
 
 log = structlog.get_logger("ogsd.daemon")
 
 Json = dict[str, Any]
 Clock = Callable[[], datetime]
 
-# systemd's default TimeoutStopSec is 90 s; we aim far lower so a resume hook's restart
-# is quick. Work still running after this is abandoned (state is already persisted).
-SHUTDOWN_GRACE_S = 5.0
 # A watcher that crashes is restarted after this, doubling up to the maximum.
 RESTART_BACKOFF_S = (1.0, 60.0)
 UPLINK_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
@@ -191,9 +188,12 @@ class Daemon:
                     raise DnsConfigError("no DNS configuration: location unknown")
                 job.decision = await self.engine.evaluate(
                     job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok)
-            except (DnsConfigError, OSError) as exc:
+            except (DnsConfigError, StoreError, OSError) as exc:
                 job.error = str(exc)
                 log.error("evaluation failed", trigger=job.trigger.value, error=job.error)
+            except Exception as exc:  # a bug in one evaluation must not stop the daemon
+                job.error = f"internal error: {exc!r}"
+                log.exception("evaluation failed", trigger=job.trigger.value)
             try:
                 if job.sleep_started_at is not None:
                     await self._sleep_handled(job.sleep_started_at)

@@ -579,3 +579,19 @@ async def test_daemon_in_the_lab_follows_a_move(make_lab: LabFactory) -> None:
         assert daemon.wait() == 0
     await anyio.Path(TRANSCRIPT).write_text("\n".join(transcript))
     print("\n".join(transcript))
+
+
+@pytest.mark.anyio
+async def test_second_daemon_on_the_same_socket_is_refused_clearly(setup: Setup) -> None:
+    options = setup.options(watch_network=False, watch_sleep=False)
+    async with running_daemon(options, setup.config, FakeClock()) as (_daemon, decisions):
+        await decisions.next()
+        second = await anyio.run_process(
+            [sys.executable, "-m", "ogsd", "-q", "run", "--config", str(setup.config),
+             "--state-dir", str(setup.dir / "other"), "--socket", str(setup.socket)],
+            check=False)
+        assert second.returncode == 1
+        assert second.stderr.decode().strip() == (
+            f"ogsd: another ogsd is already listening on {setup.socket}")
+        async with api_client(setup.socket) as client:  # the first one is unharmed
+            assert (await client.result("status"))["selected"] == FAST
