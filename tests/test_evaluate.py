@@ -54,10 +54,10 @@ def write_config(tmp: Path, gateways: list[tuple[str, int]], *, extra: str = "")
 
 @pytest.fixture
 def servers() -> Iterator[list[LoopbackServer]]:
-    """Three healthy gateways answering after 0, 60 and 150 ms."""
+    """Three healthy gateways answering after 0, 150 and 300 ms (room for CI noise)."""
     with ExitStack() as stack:
         yield [stack.enter_context(LoopbackServer(host=f"127.0.0.{i + 2}", delay=d))
-               for i, d in enumerate((0.0, 0.06, 0.15))]
+               for i, d in enumerate((0.0, 0.15, 0.3))]
 
 
 def gw(server: LoopbackServer) -> tuple[str, int]:
