@@ -8,7 +8,6 @@ worker (rounds never overlap); notify systemd; shut down cleanly. Policy lives i
 from __future__ import annotations
 
 import functools
-import math
 import os
 import random
 import signal
@@ -26,6 +25,7 @@ from anyio.abc import TaskStatus
 
 from ogsd import api
 from ogsd.config import Config, ConfigError
+from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location
 from ogsd.core.triggers import Trigger
 from ogsd.dnsenv import DnsConfigError, read_location, resolver_for
@@ -233,18 +233,20 @@ class Daemon:
         while True:
             period = d.period.total_seconds()
             delay = period * (1 + random.uniform(-d.period_jitter, d.period_jitter))  # noqa: S311
-            expiry = self._next_expiry()
+            expiry = await self._next_expiry()
             if expiry is not None:
                 delay = min(delay, max(1.0, (expiry - self.clock()).total_seconds()))
             await anyio.sleep(delay)
             await self.submit(Trigger.PERIODIC)
 
-    def _next_expiry(self) -> datetime | None:
-        d = self.decision
-        if d is None or d.source.value != "cache":
+    async def _next_expiry(self) -> datetime | None:
+        """When the current location's cache entry stops being valid, if it has one."""
+        if self.location is None:
             return None
-        lifetime = self.config.settings.cache_lifetime
-        return d.decided_at + lifetime if math.isfinite(lifetime.total_seconds()) else None
+        entry = await anyio.to_thread.run_sync(self.store.find_entry, self.location.keys)
+        if entry is None:
+            return None
+        return expiry(entry, self.config.settings.cache_lifetime)
 
     # --- state -------------------------------------------------------------------
 

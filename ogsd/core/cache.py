@@ -12,16 +12,20 @@ def same_location(a: Location, b: Location) -> bool:
     return not set(a.keys).isdisjoint(b.keys)
 
 
-def is_valid(entry: CacheEntry, now: datetime, lifetime: timedelta | None = None) -> bool:
-    """An entry is used until its expiry, counted from when it was first cached.
+def expiry(entry: CacheEntry, lifetime: timedelta | None = None) -> datetime:
+    """When the entry stops being used, counted from when it was first cached.
 
     A `lifetime` shorter than the one the entry was stored with wins: lowering the
     setting takes effect for entries already cached.
     """
-    expires = entry.expires_at
-    if lifetime is not None:
-        expires = min(expires, entry.created_at + lifetime)
-    return entry.created_at <= now < expires
+    if lifetime is None:
+        return entry.expires_at
+    return min(entry.expires_at, entry.created_at + lifetime)
+
+
+def is_valid(entry: CacheEntry, now: datetime, lifetime: timedelta | None = None) -> bool:
+    """True between the entry's creation and its `expiry`."""
+    return entry.created_at <= now < expiry(entry, lifetime)
 
 
 def usable_entry(

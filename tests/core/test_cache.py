@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from ogsd.core.cache import entry_from_decision, is_valid, same_location, usable_entry
+from ogsd.core.cache import entry_from_decision, expiry, is_valid, same_location, usable_entry
 from ogsd.core.models import Decision as D
 from ogsd.core.models import Location, Metric, Reason, Source
 from tests.core.helpers import HOME, HOTEL, T0, entry
@@ -65,3 +65,17 @@ def test_lowered_lifetime_applies_to_existing_entries() -> None:
     assert not is_valid(e, T0 + timedelta(days=2), lifetime=timedelta(days=1))
     # A longer setting does not extend an entry beyond what it was stored with.
     assert not is_valid(e, T0 + timedelta(days=20), lifetime=timedelta(days=30))
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "expected"),
+    [
+        (None, T0 + timedelta(days=14)),
+        (timedelta(days=1), T0 + timedelta(days=1)),
+        (timedelta(days=30), T0 + timedelta(days=14)),
+    ],
+)
+def test_expiry_is_the_earlier_of_stored_and_configured(
+    lifetime: timedelta | None, expected: object
+) -> None:
+    assert expiry(entry(), lifetime) == expected
