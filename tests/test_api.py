@@ -8,9 +8,8 @@ import json
 import os
 import socket
 import stat
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,17 +233,6 @@ async def serving(handler: CannedHandler, path: Path, **options: Any
 def error_of(reply: Json) -> tuple[int, str]:
     assert "result" not in reply, reply
     return reply["error"]["code"], reply["error"]["message"]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory uid 65534 can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ogsd-api-"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 def run_as(uid: int, gid: int, action: Callable[[], int]) -> int:

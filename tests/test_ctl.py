@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,6 @@ from ogsd import ctl
 from ogsd.api import ApiServer, decision_json
 from ogsd.core.models import Reason, Source
 from tests.test_api import NOBODY, T0, CannedHandler, canned_decision, run_as
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory uid 65534 can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ogsd-ctl-"))
-    path.chmod(0o755)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 @dataclass
