@@ -206,7 +206,7 @@ class Daemon:
     def _published(self, decision: Decision) -> None:
         self.decision = decision
         if self._net_watcher is not None:  # host routes to these mean "VPN up"
-            self._net_watcher.set_gateways(self._gateway_addresses())
+            self._net_watcher.set_gateways(list(self._gateways_by_address()))
         self.feed.publish(api.decision_json(decision))
         self.notifier.status(self._status_line())
 
@@ -278,7 +278,7 @@ class Daemon:
         files = [self.config.resolv_conf or Path("/etc/resolv.conf"), UPLINK_RESOLV_CONF]
         watcher = NetWatcher(debounce=self.config.daemon.debounce.total_seconds(),
                              netns=self.options.netns, watch_files=files,
-                             gateways=self._gateway_addresses())
+                             gateways=list(self._gateways_by_address()))
         self._net_watcher = watcher
         send, recv = anyio.create_memory_object_stream[NetworkChange](16)
         # Both ends closed on the way out (a restart by _supervise makes a new pair).
@@ -296,15 +296,15 @@ class Daemon:
         # probes. Either way one evaluation per debounced burst.
         await self.submit(Trigger.LOCATION)
 
-    def _gateway_addresses(self) -> list[str]:
+    def _gateways_by_address(self) -> dict[str, str]:
+        """Probed address -> gateway host, from the latest decision."""
         d = self.decision
-        return [r.address for r in d.results if r.address] if d else []
+        return {r.address: r.host for r in d.results if r.address} if d else {}
 
     async def _detect_tunnel(self, change: NetworkChange) -> None:
         """A tunnel device plus a host route to a probed gateway's address means that
         gateway's VPN is up; only that unambiguous case is acted on."""
-        d = self.decision
-        addresses = {r.address: r.host for r in d.results if r.address} if d else {}
+        addresses = self._gateways_by_address()
         snap = change.snapshot
         hits = {addresses[a] for a in snap.host_routes if a in addresses}
         state = await self._state()
@@ -418,9 +418,7 @@ class Daemon:
     async def notify_connected(self, *, host: str) -> Json:
         # Client hooks may only know the address (openconnect's $VPNGATEWAY): name it
         # after the gateway it was probed as, so thresholds compare the right figures.
-        d = self.decision
-        by_address = {r.address: r.host for r in d.results if r.address} if d else {}
-        host = by_address.get(host, host)
+        host = self._gateways_by_address().get(host, host)
         await self._update_state(connected=host, last_gateway=host,
                                  last_connect_at=self.clock())
         log.info("VPN connected", host=host)
