@@ -183,8 +183,14 @@ def format_results(result: dict[str, Any]) -> list[str]:
     rows = []
     order = [str(h) for h in result.get("order") or []]
     listed = [r for r in result.get("results") or [] if isinstance(r, dict)]
-    # The failover order is the ranking; rows it lacks keep their place at the end.
-    listed.sort(key=lambda r: order.index(r["host"]) if r.get("host") in order else len(order))
+    # Fastest first, as `ogsd evaluate` prints it; rows without a figure follow in the
+    # failover order (which ranks the cut-short ones), unknown ones last.
+    def rank(row: dict[str, Any]) -> tuple[bool, float, int]:
+        rtt = _number(row.get("rtt_ms"))
+        where = order.index(row["host"]) if row.get("host") in order else len(order)
+        return (rtt is None, rtt or 0.0, where)
+
+    listed.sort(key=rank)
     for row in listed:
         error = row.get("error")
         note = row_note(None if error is None else str(error))

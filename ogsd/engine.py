@@ -17,7 +17,7 @@ import structlog
 
 from ogsd.config import Config
 from ogsd.core.cache import entry_from_decision
-from ogsd.core.models import Decision, GatewayResult, Location, Reason, Source
+from ogsd.core.models import Decision, Location, Reason, Source
 from ogsd.core.report import row_note, selection_table
 from ogsd.core.selection import (
     decide_from_cache,
@@ -135,13 +135,8 @@ class Engine:
 
 
 def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]:
-    """(host, figure, error) for the selection table, fastest first."""
+    """(host, figure, note) for the selection table, fastest first."""
     metric = decision.metric
     ranked = rank(decision.results, metric).hosts
     by_host = {r.host: r for r in decision.results}
-    return [(h, by_host[h].rtt(metric), row_note(result_error(by_host[h]))) for h in ranked]
-
-
-def result_error(result: GatewayResult) -> str | None:
-    """Why a gateway has no figure: its own error, else its first failed probe's."""
-    return result.error or next((s.error for s in result.samples if s.error), None)
+    return [(h, by_host[h].rtt(metric), row_note(by_host[h].error)) for h in ranked]

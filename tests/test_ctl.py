@@ -261,3 +261,13 @@ def test_default_socket_order(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 3
     assert str(tmp_path / "env.sock") in done.stderr
+
+
+def test_results_table_is_fastest_first_even_when_the_order_keeps_the_current() -> None:
+    # threshold-not-met: the failover order starts with the current, slower gateway.
+    result = {"selected": "b", "order": ["b", "a", "c", "d"], "source": "probes",
+              "results": [{"host": h, "rtt_ms": r, "error": e} for h, r, e in (
+                  ("d", None, "refused"), ("c", None, "cancelled: could not beat a (9.0 ms)"),
+                  ("b", 12.0, None), ("a", 9.0, None))]}
+    rows = [line.split()[0] for line in ctl.format_results(result)[2:6]]
+    assert rows == ["a", "b", "c", "d"]
