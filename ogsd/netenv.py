@@ -31,7 +31,9 @@ ATTEMPTS = 2
 # A few names prove name resolution as well as a long list; keep the burst small.
 MAX_GATEWAY_NAMES = 3
 # The routing dump takes milliseconds; this only guards against a wedged kernel call.
-ROUTE_CHECK_TIMEOUT = 2.0
+# Generous: right after resume a laptop is busy, and a stall of ours (seen: 2 s on a
+# loaded 2-core machine) must not read as "no network" and block re-evaluation.
+ROUTE_CHECK_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,9 @@ async def _check_default_route() -> tuple[bool, str]:
     try:
         with anyio.fail_after(ROUTE_CHECK_TIMEOUT):
             snapshot = await anyio.to_thread.run_sync(read_snapshot, abandon_on_cancel=True)
-    except (OSError, NetWatchError, TimeoutError) as exc:
+    except TimeoutError:
+        return False, f"cannot read routes: no answer within {ROUTE_CHECK_TIMEOUT:g} s"
+    except (OSError, NetWatchError) as exc:
         return False, f"cannot read routes: {exc}"
     families = [
         name for name, up in (("IPv4", snapshot.default_v4), ("IPv6", snapshot.default_v6)) if up

@@ -72,13 +72,15 @@ def write_resolv(path: Path, domain: str, servers: Sequence[str]) -> None:
 
 
 def write_config(path: Path, gateways: Sequence[tuple[str, int | None]], *,
-                 resolv_conf: Path | None, metric: str = "exchange", extra: str = "") -> Path:
+                 resolv_conf: Path | None, metric: str = "exchange", extra: str = "",
+                 deadline_s: float = 3.0) -> Path:
     """An ogsd.toml with these gateways (port None: 443), quick rounds, no periodic timer;
     `resolv_conf` None: the system's (/etc/resolv.conf)."""
     parts = [
         f'[dns]\nresolv_conf = "{resolv_conf}"\n' if resolv_conf else "",
         # Loopback has no path delay: servers delay their answers, so rank by exchange.
-        f'[ogs]\nmetric = "{metric}"\nround_deadline_s = 3\nprobe_timeout_s = 2\n',
+        f'[ogs]\nmetric = "{metric}"\nround_deadline_s = {deadline_s:g}\n'
+        f'probe_timeout_s = {deadline_s * 2 / 3:g}\n',
         # Not continuous: every round in these tests has a cause the test made.
         "[daemon]\ncontinuous = false\ndebounce_s = 0.3\n" + extra,
     ]
