@@ -30,7 +30,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ogsd.core.models import CacheEntry, Decision
+from ogsd.core.models import CacheEntry, Decision, Gateway
 from ogsd.store_schema import decision_to_dict, entry_to_dict
 
 # JSON-RPC 2.0 codes, plus ours in its server-defined range (-32000..-32099).
@@ -111,11 +111,18 @@ class Handler(Protocol):
     async def cache_clear(self) -> Json:
         """`cache.clear`: {"cleared": int}; the next connection re-runs OGS."""
 
-    async def notify_connected(self, *, host: str) -> Json:
-        """`notify.connected` {"host": str}: a VPN connection to `host` is up. {"message"}."""
+    async def gateways(self) -> Json:
+        """`gateways`: the configured primaries, {"gateways": [{"host", "name", "port",
+        "user_group", "backups": [str], "load_balancing": [str], "primary_protocol"}]}."""
 
-    async def notify_disconnected(self) -> Json:
-        """`notify.disconnected`: the VPN connection went down. {"message"}."""
+    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
+        """`notify.connected` {"host": str, "device": str?}: a VPN connection to `host`
+        (a gateway's host or the address it was reached at) is up on tunnel `device`.
+        {"message"}."""
+
+    async def notify_disconnected(self, *, device: str | None = None) -> Json:
+        """`notify.disconnected` {"device": str?}: the VPN connection (on `device`) went
+        down. {"message"}."""
 
     async def notify_sleep(self) -> Json:
         """`notify.sleep`: the machine is about to sleep. {"message"}."""
@@ -160,6 +167,14 @@ def status_json(decision: Decision | None, *, connected: str | None,
     out["connected"] = connected
     out["recommendation"] = recommendation
     return out
+
+
+def gateway_json(gateway: Gateway) -> Json:
+    """One `gateways` entry."""
+    return {"host": gateway.host, "name": gateway.name, "port": gateway.port,
+            "user_group": gateway.user_group, "backups": list(gateway.backups),
+            "load_balancing": list(gateway.load_balancing),
+            "primary_protocol": gateway.primary_protocol}
 
 
 def cache_entry_json(entry: CacheEntry) -> Json:
@@ -236,18 +251,29 @@ def _check_host(value: str) -> str | None:
     return None
 
 
+def _check_device(value: str) -> str | None:
+    # IFNAMSIZ is 16 with the NUL; '/' and whitespace are never valid in a name.
+    if not 1 <= len(value) <= 15 or value in (".", "..") or any(
+            c == "/" or c.isspace() or not c.isprintable() for c in value):
+        return "must be a network interface name (1-15 printable characters, no '/' or spaces)"
+    return None
+
+
 METHODS: dict[str, Method] = {
     "status": Method("status", write=False),
     "selection": Method("selection", write=False),
     "results": Method("results", write=False),
     "cache.list": Method("cache_list", write=False),
+    "gateways": Method("gateways", write=False),
     "watch": Method("subscribe", write=False),
     "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False),
                                                        "connect": Param(bool, default=False)}),
     "cache.clear": Method("cache_clear", write=True),
-    "notify.connected": Method("notify_connected", write=True,
-                               params={"host": Param(str, required=True, check=_check_host)}),
-    "notify.disconnected": Method("notify_disconnected", write=True),
+    "notify.connected": Method("notify_connected", write=True, params={
+        "host": Param(str, required=True, check=_check_host),
+        "device": Param(str, check=_check_device)}),
+    "notify.disconnected": Method("notify_disconnected", write=True, params={
+        "device": Param(str, check=_check_device)}),
     "notify.sleep": Method("notify_sleep", write=True),
     "notify.resume": Method("notify_resume", write=True),
     "reload": Method("reload", write=True),

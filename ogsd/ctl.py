@@ -241,8 +241,12 @@ def _request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if command == "cache":
         return f"cache.{args.action}", {}
     if command == "notify":
-        return (f"notify.{args.event}",
-                {"host": args.host} if args.event == "connected" else {})
+        params: dict[str, Any] = {}
+        if args.event == "connected":
+            params["host"] = args.host
+        if getattr(args, "device", None):
+            params["device"] = args.device
+        return f"notify.{args.event}", params
     return command, {}
 
 
@@ -338,9 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=("list", "clear"))
     notify = add("notify", "tell ogsd about the VPN connection or the machine")
     notify_sub = notify.add_subparsers(dest="event", required=True, metavar="EVENT")
-    notify_sub.add_parser("connected", help="a VPN connection is up").add_argument("host")
-    for event, text in (("disconnected", "the VPN connection went down"),
-                        ("sleep", "the machine is going to sleep"),
+    connected = notify_sub.add_parser("connected", help="a VPN connection is up")
+    connected.add_argument("host", help="the gateway's host name or the address reached")
+    disconnected = notify_sub.add_parser("disconnected", help="the VPN connection went down")
+    for event_parser in (connected, disconnected):
+        event_parser.add_argument("--device", metavar="DEV",
+                                  help="the tunnel device (openconnect's $TUNDEV)")
+    for event, text in (("sleep", "the machine is going to sleep"),
                         ("resume", "the machine woke up")):
         notify_sub.add_parser(event, help=text)
     add("reload", "re-read the configuration and profiles")

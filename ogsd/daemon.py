@@ -8,6 +8,7 @@ worker (rounds never overlap); notify systemd; shut down cleanly. Policy lives i
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import random
 import signal
@@ -89,6 +90,7 @@ class Daemon:
         self.feed = api.DecisionFeed()
         self.location: Location | None = None
         self.decision: Decision | None = None
+        self.trigger: Trigger | None = None  # what caused `decision` (None: from the store)
         self._jobs_send, self._jobs_recv = anyio.create_memory_object_stream[_Job](32)
         self._sleep_watcher: SleepWatcher | None = None
         self._net_watcher: NetWatcher | None = None
@@ -198,16 +200,16 @@ class Daemon:
                 if job.sleep_started_at is not None:
                     await self._sleep_handled(job.sleep_started_at)
                 if job.decision is not None:
-                    self._published(job.decision)
+                    self._published(job.decision, job.trigger)
             finally:
                 self.rounds += 1
                 job.done.set()
 
-    def _published(self, decision: Decision) -> None:
-        self.decision = decision
+    def _published(self, decision: Decision, trigger: Trigger) -> None:
+        self.decision, self.trigger = decision, trigger
         if self._net_watcher is not None:  # host routes to these mean "VPN up"
             self._net_watcher.set_gateways(list(self._gateways_by_address()))
-        self.feed.publish(api.decision_json(decision))
+        self.feed.publish(self._decision_json())
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
@@ -378,8 +380,11 @@ class Daemon:
 
     async def status(self) -> Json:
         state = await self._state()
-        return api.status_json(self.decision, connected=state.connected,
-                               recommendation=self._recommendation(state))
+        out = api.status_json(self.decision, connected=state.connected,
+                              recommendation=self._recommendation(state))
+        out["trigger"] = self.trigger.value if self.trigger else None
+        out["connected_device"] = state.connected_device
+        return out
 
     def _recommendation(self, state: DaemonState) -> str | None:
         d = self.decision
@@ -393,7 +398,13 @@ class Daemon:
         return api.selection_json(self.decision)
 
     async def results(self) -> Json:
-        return api.decision_json(self.decision)
+        return self._decision_json()
+
+    def _decision_json(self) -> Json:
+        """The published decision's wire shape, with what triggered it."""
+        out = api.decision_json(self.decision)
+        out["trigger"] = self.trigger.value if self.trigger else None
+        return out
 
     async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
         job = await self.submit(Trigger.CONNECT if connect else Trigger.FORCED)
@@ -402,7 +413,9 @@ class Daemon:
         await job.done.wait()
         if job.error is not None:
             raise api.ApiError(api.INTERNAL, f"evaluation failed: {job.error}")
-        return api.decision_json(job.decision)
+        out = api.decision_json(job.decision)
+        out["trigger"] = job.trigger.value
+        return out
 
     async def cache_list(self) -> Json:
         entries = await anyio.to_thread.run_sync(self.store.list_entries)
@@ -415,19 +428,31 @@ class Daemon:
         log.info("cache cleared", entries=cleared)
         return {"cleared": cleared}
 
-    async def notify_connected(self, *, host: str) -> Json:
+    async def gateways(self) -> Json:
+        return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
+
+    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
         # Client hooks may only know the address (openconnect's $VPNGATEWAY): name it
         # after the gateway it was probed as, so thresholds compare the right figures.
+        address = host if _is_ip(host) else None
         host = self._gateways_by_address().get(host, host)
-        await self._update_state(connected=host, last_gateway=host,
+        await self._update_state(connected=host, connected_device=device,
+                                 connected_address=address, last_gateway=host,
                                  last_connect_at=self.clock())
-        log.info("VPN connected", host=host)
-        return {"message": f"connected to {host}"}
+        log.info("VPN connected", host=host, device=device, address=address)
+        return {"message": f"connected to {host}" + (f" on {device}" if device else "")}
 
-    async def notify_disconnected(self) -> Json:
+    async def notify_disconnected(self, *, device: str | None = None) -> Json:
         state = await self._state()
-        await self._update_state(connected=None, last_disconnect_at=self.clock())
-        log.info("VPN disconnected", host=state.connected)
+        if device is not None and state.connected_device not in (None, device):
+            # Another tunnel went down (two VPN clients, or a stale hook): not ours.
+            log.info("VPN disconnect ignored: not the connected tunnel", device=device,
+                     connected_device=state.connected_device)
+            return {"message": f"{device} is not the connected tunnel "
+                               f"({state.connected_device}); nothing changed"}
+        await self._update_state(connected=None, connected_device=None,
+                                 connected_address=None, last_disconnect_at=self.clock())
+        log.info("VPN disconnected", host=state.connected, device=state.connected_device)
         return {"message": "disconnected"}
 
     async def notify_sleep(self) -> Json:
@@ -456,6 +481,14 @@ class Daemon:
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Json]]:
         return self.feed.subscribe()
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def socket_activated() -> bool:

@@ -143,15 +143,19 @@ class CannedHandler:
         self._record("cache_clear")
         return {"cleared": 1}
 
-    async def notify_connected(self, *, host: str) -> Json:
-        self._record("notify_connected", host=host)
+    async def gateways(self) -> Json:
+        self._record("gateways")
+        return {"gateways": []}
+
+    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
+        self._record("notify_connected", host=host, **({"device": device} if device else {}))
         if self.decision is None or host not in self.decision.order:
             raise ApiError(BAD_PARAMS, f"notify.connected: unknown gateway '{host}'")
         self.connected = host
         return {"message": f"connected to {host}"}
 
-    async def notify_disconnected(self) -> Json:
-        self._record("notify_disconnected")
+    async def notify_disconnected(self, *, device: str | None = None) -> Json:
+        self._record("notify_disconnected", **({"device": device} if device else {}))
         self.connected = None
         return {"message": "disconnected"}
 
@@ -446,6 +450,14 @@ async def test_bad_requests_get_errors_and_nobody_is_disturbed(tmp_path: Path) -
          "param 'host' must be a string, got an integer"),
         (b'{"method": "notify.connected", "params": {"host": "a b"}}', BAD_PARAMS,
          "must be a host name"),
+        (b'{"method": "notify.connected", "params": {"host": "h", "device": "tun 0"}}',
+         BAD_PARAMS, "param 'device' must be a network interface name"),
+        (b'{"method": "notify.connected", "params": {"host": "h", "device": "../x"}}',
+         BAD_PARAMS, "param 'device' must be a network interface name"),
+        (b'{"method": "notify.disconnected", "params": {"device": "sixteen-chars-xx"}}',
+         BAD_PARAMS, "param 'device' must be a network interface name"),
+        (b'{"method": "notify.disconnected", "params": {"device": null}}', BAD_PARAMS,
+         "param 'device' must be a string, got null"),
     ]
     handler = CannedHandler()
     async with serving(handler, tmp_path / "api.sock"):
@@ -466,6 +478,7 @@ async def test_bad_requests_get_errors_and_nobody_is_disturbed(tmp_path: Path) -
         assert (await good.call("status"))["result"]["selected"]
         await good.aclose()
     assert [name for name, _ in handler.calls].count("notify_connected") == 0
+    assert [name for name, _ in handler.calls].count("notify_disconnected") == 0
 
 
 @pytest.mark.anyio

@@ -138,8 +138,14 @@ def test_notify_and_reload(daemon: Daemon) -> None:
     for event in ("disconnected", "sleep", "resume"):
         assert ogsctl(daemon.path, "notify", event).returncode == 0
     assert ogsctl(daemon.path, "reload").stdout == "reloaded 1 profile, 3 gateways\n"
-    assert [name for name, _ in daemon.handler.calls] == [
-        "notify_connected", "notify_disconnected", "notify_sleep", "notify_resume", "reload"]
+    assert ogsctl(daemon.path, "notify", "connected", "--device", "tun0",
+                  "vpn-osaka.example.com").returncode == 0
+    assert ogsctl(daemon.path, "notify", "disconnected", "--device", "tun0").returncode == 0
+    assert daemon.handler.calls == [
+        ("notify_connected", {"host": "vpn-osaka.example.com"}), ("notify_disconnected", {}),
+        ("notify_sleep", {}), ("notify_resume", {}), ("reload", {}),
+        ("notify_connected", {"host": "vpn-osaka.example.com", "device": "tun0"}),
+        ("notify_disconnected", {"device": "tun0"})]
 
 
 def test_daemon_error_exits_1_with_its_message(daemon: Daemon) -> None:

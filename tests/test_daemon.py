@@ -28,6 +28,7 @@ import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
+from ogsd.config import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
 from ogsd.ctl import Connection
 from ogsd.daemon import Options
@@ -292,8 +293,18 @@ async def test_connect_rules_reconnect_within_suspend_time_keeps_the_selection(
     async with running_daemon(options, setup.config, clock) as (_daemon, decisions):
         assert (await decisions.next())["source"] == "probes"
         async with api_client(setup.socket) as client:
-            await client.result("notify.connected", {"host": FAST})
-            await client.result("notify.disconnected")
+            listed = (await client.result("gateways"))["gateways"]
+            assert [(g["host"], g["port"], g["backups"]) for g in listed] == [
+                (g.host, g.port, list(g.backups)) for g in load_config(setup.config).gateways]
+            await client.result("notify.connected", {"host": FAST, "device": "tun7"})
+            status = await client.result("status")
+            assert (status["connected"], status["connected_device"]) == (FAST, "tun7")
+            # Another tunnel going down (a second VPN client) is not our disconnection.
+            other = await client.result("notify.disconnected", {"device": "tun8"})
+            assert other["message"] == "tun8 is not the connected tunnel (tun7); nothing changed"
+            assert (await client.result("status"))["connected"] == FAST
+            await client.result("notify.disconnected", {"device": "tun7"})
+            assert (await client.result("status"))["connected"] is None
             seen = counts(fast, slow)
             # Reconnecting an hour later: OGS was already performed, nothing is measured.
             clock.advance(timedelta(hours=1))

@@ -192,6 +192,8 @@ class DaemonState:
 
     last_gateway: str | None = None  # last selected / connected gateway (fallback target)
     connected: str | None = None  # gateway of the VPN connection that is up, if any
+    connected_device: str | None = None  # its tunnel device, when known (hook's $TUNDEV)
+    connected_address: str | None = None  # the address it was reached at ($VPNGATEWAY)
     last_connect_at: datetime | None = None
     last_disconnect_at: datetime | None = None
     connected_at_sleep: bool = False
