@@ -16,11 +16,15 @@ import structlog
 
 from ogsd import logs
 from ogsd.config import Config, ConfigError, load_config
+from ogsd.core.models import Decision
 from ogsd.core.report import selection_table
 from ogsd.core.triggers import Trigger
-from ogsd.dnsenv import DnsConfigError, read_location, resolver_for
+from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, table_rows
+from ogsd.location import Sources
+from ogsd.netstate import NetState
 from ogsd.paths import DB_NAME, default_layout
+from ogsd.resolved import ResolvedClient
 from ogsd.store import Store, StoreError, decision_to_dict
 
 EXIT_OK, EXIT_NONE, EXIT_BAD_INPUT = 0, 1, 2
@@ -118,7 +122,6 @@ def _store_event(event: str, fields: dict[str, object]) -> None:
 def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     config = load(args.config, args.profile)
     try:
-        location = read_location(config.resolv_conf)
         resolver = resolver_for(config.resolv_conf)
     except DnsConfigError as exc:
         raise BadInput(str(exc)) from None
@@ -126,7 +129,7 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     with closing(store):
         engine = Engine(config, store, clock=clock, resolver=resolver)
         trigger = Trigger.FORCED if args.no_cache else Trigger.EVALUATE
-        decision = anyio.run(engine.evaluate, trigger, location,
+        decision = anyio.run(_evaluate_here, engine, trigger,
                              backend_options={"use_uvloop": True})
     if args.json:
         print(json.dumps(decision_to_dict(decision)))
@@ -137,6 +140,20 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
         if len(decision.order) > 1:
             print("Failover order: " + ", ".join(decision.order))
     return EXIT_OK if decision.selected is not None else EXIT_NONE
+
+
+async def _evaluate_here(engine: Engine, trigger: Trigger) -> Decision:
+    """One evaluation where we are: the physical location and path, VPN up or not."""
+    resolved = ResolvedClient()
+    try:
+        net = NetState(Sources(engine.config.resolv_conf, resolved=resolved))
+        state = await anyio.to_thread.run_sync(engine.store.load_state)
+        view = await net.look(state, await net.snapshot())
+    finally:
+        resolved.close()
+    if view.reading is None:
+        raise BadInput(view.error or "no DNS configuration")
+    return await engine.evaluate(trigger, view.reading.location, path=net.probe_path(state))
 
 
 def _cache(args: argparse.Namespace) -> int:

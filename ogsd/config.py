@@ -49,6 +49,7 @@ PROXY_MODES = ("none", "static", "auto", "pac")
 MAX_CACHE_LIFETIME_DAYS = 3650.0
 MAX_PERIOD_MINUTES = 7 * 24 * 60.0  # beyond a week, "continuous" means nothing
 MAX_IDLE_TIMEOUT_S = 86400.0
+MAX_RESUME_WAIT_S = 3600.0  # an hour after resume, the rules' "after resume" is over
 MAX_CLIENTS_RANGE = (1, 1024)
 # A request is a small JSON line; 1 KiB..16 MiB bounds typos, not real use.
 REQUEST_MAX_BYTES_RANGE = (1024, 16 * 1024 * 1024)
@@ -63,7 +64,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
                 "primary_protocol", "port"),
     "daemon": ("continuous", "period_minutes", "period_jitter", "debounce_s", "admin_group",
                "admin_uids", "socket_group", "max_clients", "request_max_bytes",
-               "idle_timeout_s"),
+               "idle_timeout_s", "resume_network_wait_s"),
     "dns": ("resolv_conf",),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
@@ -89,6 +90,8 @@ class DaemonConfig:
     max_clients: int = 32
     request_max_bytes: int = 65536
     idle_timeout: timedelta = timedelta(seconds=300)
+    # How long a resume waits for the network-environment test to pass (ogsd.resume).
+    resume_network_wait: timedelta = timedelta(seconds=300)
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,8 @@ def _daemon(table: _Table) -> DaemonConfig:
         request_max_bytes=table.integer("request_max_bytes", 65536, *REQUEST_MAX_BYTES_RANGE),
         idle_timeout=timedelta(seconds=table.number("idle_timeout_s", 300.0, 0.0,
                                                     MAX_IDLE_TIMEOUT_S, lo_open=True)),
+        resume_network_wait=timedelta(seconds=table.number(
+            "resume_network_wait_s", 300.0, 1.0, MAX_RESUME_WAIT_S)),
     )
 
 

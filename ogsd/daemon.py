@@ -7,6 +7,7 @@ worker (rounds never overlap); notify systemd; shut down cleanly. Policy lives i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -29,10 +30,15 @@ from ogsd.config import Config, ConfigError
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location
 from ogsd.core.triggers import Trigger
-from ogsd.dnsenv import DnsConfigError, read_location, resolver_for
+from ogsd.core.uplink import detect_tunnel, tunnel_gone
+from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine
-from ogsd.netenv import network_environment_test
-from ogsd.netwatch import NetWatcher, NetworkChange
+from ogsd.location import Sources
+from ogsd.netenv import NetEnvResult, network_environment_test
+from ogsd.netstate import NetState
+from ogsd.netwatch import NetSnapshot, NetWatcher, NetworkChange
+from ogsd.resolved import ResolvedClient
+from ogsd.resume import PendingResume, ResumeWaiter
 from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.sleepwatch import SleepEvent, SleepWatcher
 from ogsd.store import Store, StoreError
@@ -94,8 +100,12 @@ class Daemon:
         self._jobs_send, self._jobs_recv = anyio.create_memory_object_stream[_Job](32)
         self._sleep_watcher: SleepWatcher | None = None
         self._net_watcher: NetWatcher | None = None
-        self._tunnel_detected: str | None = None
-        self._resuming: datetime | None = None  # sleep record of the resume job queued
+        self._resolved = ResolvedClient(options.bus_address)
+        self.net = NetState(Sources(config.resolv_conf, resolved=self._resolved),
+                            netns=options.netns)
+        self.resume = ResumeWaiter(self._resume_test, self._resume_decide,
+                                   max_wait=config.daemon.resume_network_wait.total_seconds())
+        self._resuming: datetime | None = None  # sleep record of the resume being handled
         self.rounds = 0  # evaluations finished (tests and status read it)
 
     # --- lifecycle ---------------------------------------------------------------
@@ -104,12 +114,13 @@ class Daemon:
         """Serve until SIGTERM/SIGINT (or cancellation)."""
         previous = await anyio.to_thread.run_sync(self.store.decisions, 1)
         self.decision = previous[0] if previous else None
-        await self._refresh_location()
+        await self._observe()
         server = self._api_server()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
                 tg.start_soon(self._worker)
+                tg.start_soon(self.resume.run)
                 tg.start_soon(self._signals, tg.cancel_scope)
                 interval = self.notifier.watchdog_interval()
                 if interval is not None:
@@ -128,6 +139,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.feed.close()
+            self._resolved.close()
             # Jobs queued but not run die with us; their streams must not outlive run().
             self._jobs_send.close()
             self._jobs_recv.close()
@@ -186,10 +198,14 @@ class Daemon:
     async def _worker(self) -> None:
         async for job in self._jobs_recv:
             try:
+                # A fresh look: the routes decide how probes must travel (VPN or not).
+                await self._observe()
                 if self.location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
+                path = self.net.probe_path(await self._state())
                 job.decision = await self.engine.evaluate(
-                    job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok)
+                    job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok,
+                    path=path)
             except (DnsConfigError, StoreError, OSError) as exc:
                 job.error = str(exc)
                 log.error("evaluation failed", trigger=job.trigger.value, error=job.error)
@@ -207,8 +223,6 @@ class Daemon:
 
     def _published(self, decision: Decision, trigger: Trigger) -> None:
         self.decision, self.trigger = decision, trigger
-        if self._net_watcher is not None:  # host routes to these mean "VPN up"
-            self._net_watcher.set_gateways(list(self._gateways_by_address()))
         self.feed.publish(self._decision_json())
         self.notifier.status(self._status_line())
 
@@ -261,20 +275,94 @@ class Daemon:
 
     # --- events ------------------------------------------------------------------
 
-    async def _refresh_location(self) -> bool:
-        """Re-read the DNS configuration; True when the location's key set changed."""
-        path = self.config.resolv_conf
-        try:
-            location = await anyio.to_thread.run_sync(read_location, path)
-            self.engine.resolver = await anyio.to_thread.run_sync(resolver_for, path)
-        except DnsConfigError as exc:
-            log.warning("cannot read the DNS configuration", error=str(exc))
+    async def _observe(self, snapshot: NetSnapshot | None = None) -> bool:
+        """Take in the network as it is: tunnel up or down, physical uplink, location.
+
+        True when the location's key set changed.
+        """
+        state = await self._state()
+        watched = self._watched_addresses(state)
+        if self._net_watcher is not None:  # host routes to these are reported
+            self._net_watcher.set_gateways(watched)
+        if snapshot is None:
+            snapshot = await self.net.snapshot(watched)
+        state = await self._track_tunnel(snapshot, state)
+        view = await self.net.look(state, snapshot)
+        uplink = view.uplink
+        if (uplink is not None and uplink.source != "remembered"
+                and (uplink.device, uplink.gateway) != (state.uplink, state.uplink_gateway)):
+            log.info("physical uplink", device=uplink.device, gateway=uplink.gateway,
+                     found_by=uplink.source)
+            await self._update_state(uplink=uplink.device, uplink_gateway=uplink.gateway)
+        if view.reading is None:
+            log.warning("cannot read the DNS configuration", error=view.error)
             return False
+        location = view.reading.location
+        try:
+            self.engine.resolver = await anyio.to_thread.run_sync(
+                resolver_for, self.config.resolv_conf)
+        except DnsConfigError as exc:
+            log.warning("cannot configure a resolver", error=str(exc))
         changed = self.location is None or set(location.keys) != set(self.location.keys)
         if changed:
-            log.info("location", domain=location.domain, servers=list(location.servers))
+            log.info("location", domain=location.domain, servers=list(location.servers),
+                     source=view.reading.source, current=view.reading.current)
         self.location = location
         return changed
+
+    def _watched_addresses(self, state: DaemonState) -> list[str]:
+        """Addresses whose host routes mean "this gateway's VPN is up"."""
+        addresses = set(self._gateways_by_address())
+        if state.connected_address:
+            addresses.add(state.connected_address)
+        return sorted(addresses)
+
+    async def _track_tunnel(self, snap: NetSnapshot, state: DaemonState) -> DaemonState:
+        """Connected or not, as the routes show; the client's word stands until they do."""
+        if state.connected is None:
+            found = detect_tunnel(snap.tunnels, snap.defaults, snap.host_routes,
+                                  self._gateways_by_address())
+            if found is None:
+                return state
+            log.info("VPN connection detected from routes", host=found.host,
+                     device=found.device, address=found.address)
+            return await self._set_connected(found.host, device=found.device,
+                                             address=found.address, by="routes")
+        if state.connected_device is None and state.connected_by != "routes":
+            return state  # a client said so and named no device: it will say when it ends
+        why = tunnel_gone(device=state.connected_device, address=state.connected_address,
+                          tunnels=snap.tunnels, links=[name for name, _ in snap.links],
+                          host_routes=snap.host_routes)
+        if why is None:
+            return state
+        log.info("VPN connection gone", host=state.connected, why=why)
+        return await self._set_disconnected(state)
+
+    async def _set_connected(self, host: str, *, device: str | None, address: str | None,
+                             by: str) -> DaemonState:
+        state = await self._state()
+        changes: dict[str, Any] = dict(
+            connected=host, connected_device=device, connected_address=address,
+            connected_by=by, last_gateway=host, last_connect_at=self.clock())
+        if state.connected is None:
+            # The physical network as it was before the tunnel: what the location stays
+            # while the VPN's DNS is in resolv.conf (ogsd.location).
+            view = self.net.view
+            uplink = view.uplink if view is not None else None
+            location = self.location
+            changes.update(
+                connected_domain=location.domain if location else None,
+                connected_servers=location.servers if location else (),
+                connected_uplink=uplink.device if uplink else None,
+                connected_uplink_gateway=uplink.gateway if uplink else None)
+        return await self._update_state(**changes)
+
+    async def _set_disconnected(self, state: DaemonState) -> DaemonState:
+        log.info("VPN disconnected", host=state.connected, device=state.connected_device)
+        return await self._update_state(
+            connected=None, connected_device=None, connected_address=None, connected_by=None,
+            connected_domain=None, connected_servers=(), connected_uplink=None,
+            connected_uplink_gateway=None, last_disconnect_at=self.clock())
 
     async def _watch_network(self) -> None:
         files = [self.config.resolv_conf or Path("/etc/resolv.conf"), UPLINK_RESOLV_CONF]
@@ -292,8 +380,8 @@ class Daemon:
     async def _network_changed(self, change: NetworkChange) -> None:
         log.info("network changed", reasons=list(change.reasons),
                  default_route=change.snapshot.default_v4 or change.snapshot.default_v6)
-        await self._detect_tunnel(change)
-        await self._refresh_location()
+        await self._observe(change.snapshot)
+        self.resume.poke()  # a resume waiting for the network tests it again
         # Same location: the rules answer from the cache without probing; a new one
         # probes. Either way one evaluation per debounced burst.
         await self.submit(Trigger.LOCATION)
@@ -302,23 +390,6 @@ class Daemon:
         """Probed address -> gateway host, from the latest decision."""
         d = self.decision
         return {r.address: r.host for r in d.results if r.address} if d else {}
-
-    async def _detect_tunnel(self, change: NetworkChange) -> None:
-        """A tunnel device plus a host route to a probed gateway's address means that
-        gateway's VPN is up; only that unambiguous case is acted on."""
-        addresses = self._gateways_by_address()
-        snap = change.snapshot
-        hits = {addresses[a] for a in snap.host_routes if a in addresses}
-        state = await self._state()
-        if snap.tunnels and len(hits) == 1 and state.connected is None:
-            host = hits.pop()
-            self._tunnel_detected = host
-            log.info("VPN connection detected from routes", host=host)
-            await self.notify_connected(host=host)
-        elif not snap.tunnels and self._tunnel_detected and state.connected:
-            log.info("VPN tunnel gone", host=self._tunnel_detected)
-            self._tunnel_detected = None
-            await self.notify_disconnected()
 
     async def _watch_sleep(self) -> None:
         watcher = SleepWatcher(bus_address=self.options.bus_address)
@@ -336,6 +407,12 @@ class Daemon:
                     await self._resumed(event.slept)
 
     async def _going_to_sleep(self) -> None:
+        if self.resume.pending is not None:
+            # Asleep again before the network came back: the next resume takes over the
+            # sleep record still kept, counted from when the first sleep began.
+            log.info("going to sleep with a resume still waiting for the network")
+            self.resume.drop()
+            self._resuming = None
         state = await self._state()
         if state.sleep_started_at is not None:
             return  # already recorded (logind and the sleep hook both tell us)
@@ -343,30 +420,42 @@ class Daemon:
                                  sleep_started_at=self.clock())
         log.info("going to sleep: state saved", connected=state.connected)
 
-    async def _resumed(self, slept: timedelta | None) -> _Job | None:
+    async def _resumed(self, slept: timedelta | None) -> str:
+        """Handle a resume without waiting for the network; says what happens next."""
         state = await self._state()
         started = state.sleep_started_at
         if started is not None and started == self._resuming:
             log.info("resume already being handled")  # logind and the sleep hook both tell us
-            return None
-        self._resuming = started
+            return "resume already being handled"
         if started is not None:
             slept = max(slept or timedelta(0), self.clock() - started)
         elif slept is None:
             log.info("resume already handled")
-            return None
-        await self._refresh_location()
-        netenv_ok = True
-        if state.connected_at_sleep and self.location is not None:
-            result = await network_environment_test(
-                self.location, gateway_names=[g.host for g in self.config.gateways])
-            netenv_ok = result.ok
-            log.info("network environment test", ok=result.ok, detail=result.detail)
-        # The sleep record is cleared by the worker once this job is decided, not here:
-        # the rules read connected_at_sleep, and a restart before the decision must
-        # handle the resume again.
-        return await self.submit(Trigger.RESUME, slept=slept, netenv_ok=netenv_ok,
-                                 sleep_started_at=started)
+            return "resume already handled"
+        self._resuming = started
+        await self._observe()
+        # The sleep record is cleared by the worker once this resume is decided, not
+        # here: the rules read connected_at_sleep, and a restart before the decision
+        # must handle the resume again.
+        if state.connected_at_sleep and slept >= self.config.settings.suspend_time:
+            self.resume.start(PendingResume(started, slept))
+            return "resume noted: re-evaluating once the network is back"
+        await self.submit(Trigger.RESUME, slept=slept, sleep_started_at=started)
+        return "resume handled"
+
+    async def _resume_test(self) -> NetEnvResult:
+        """The network-environment test, from the physical uplink while a VPN is up."""
+        await self._observe()
+        if self.location is None:
+            return NetEnvResult(False, False, False, "no DNS configuration to test")
+        path = self.net.probe_path(await self._state())
+        return await network_environment_test(
+            self.location, gateway_names=[g.host for g in self.config.gateways],
+            device=path.device, netns=self.options.netns)
+
+    async def _resume_decide(self, pending: PendingResume, netenv_ok: bool) -> None:
+        await self.submit(Trigger.RESUME, slept=pending.slept, netenv_ok=netenv_ok,
+                          sleep_started_at=pending.sleep_started_at)
 
     async def _sleep_handled(self, started: datetime) -> None:
         """The resume from the sleep recorded at `started` is decided: forget that sleep."""
@@ -384,6 +473,14 @@ class Daemon:
                               recommendation=self._recommendation(state))
         out["trigger"] = self.trigger.value if self.trigger else None
         out["connected_device"] = state.connected_device
+        view = self.net.view
+        uplink = view.uplink if view is not None else None
+        out["uplink"] = None if uplink is None else {
+            "device": uplink.device, "gateway": uplink.gateway, "found_by": uplink.source}
+        reading = view.reading if view is not None else None
+        out["location_source"] = None if reading is None else reading.source
+        pending = self.resume.pending
+        out["resume_pending"] = None if pending is None else pending.as_json(self.resume.max_wait)
         return out
 
     def _recommendation(self, state: DaemonState) -> str | None:
@@ -436,9 +533,7 @@ class Daemon:
         # after the gateway it was probed as, so thresholds compare the right figures.
         address = host if _is_ip(host) else None
         host = self._gateways_by_address().get(host, host)
-        await self._update_state(connected=host, connected_device=device,
-                                 connected_address=address, last_gateway=host,
-                                 last_connect_at=self.clock())
+        await self._set_connected(host, device=device, address=address, by="client")
         log.info("VPN connected", host=host, device=device, address=address)
         return {"message": f"connected to {host}" + (f" on {device}" if device else "")}
 
@@ -450,9 +545,8 @@ class Daemon:
                      connected_device=state.connected_device)
             return {"message": f"{device} is not the connected tunnel "
                                f"({state.connected_device}); nothing changed"}
-        await self._update_state(connected=None, connected_device=None,
-                                 connected_address=None, last_disconnect_at=self.clock())
-        log.info("VPN disconnected", host=state.connected, device=state.connected_device)
+        if state.connected is not None:
+            await self._set_disconnected(state)
         return {"message": "disconnected"}
 
     async def notify_sleep(self) -> Json:
@@ -460,8 +554,7 @@ class Daemon:
         return {"message": "sleep recorded"}
 
     async def notify_resume(self) -> Json:
-        job = await self._resumed(None)
-        return {"message": "resume handled" if job else "resume already handled"}
+        return {"message": await self._resumed(None)}
 
     async def reload(self) -> Json:
         self.notifier.reloading()
@@ -473,9 +566,11 @@ class Daemon:
                                                f"{exc}") from None
         self.config = config
         self.engine.config = config
+        self.resume.max_wait = config.daemon.resume_network_wait.total_seconds()
+        self.net.sources = dataclasses.replace(self.net.sources, resolv_conf=config.resolv_conf)
         self.notifier.ready(status=self._status_line())
         log.info("configuration reloaded", gateways=[g.host for g in config.gateways])
-        if await self._refresh_location():
+        if await self._observe():
             await self.submit(Trigger.LOCATION)
         return {"message": "configuration reloaded"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio.to_thread
@@ -27,12 +28,32 @@ from ogsd.core.selection import (
     rank,
 )
 from ogsd.core.triggers import Action, Trigger, plan
-from ogsd.probe import probe_round
+from ogsd.probe import Resolver, probe_round
 from ogsd.store import Store
 
 log = structlog.get_logger("ogsd.engine")
 
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePath:
+    """How this evaluation's probes reach the gateways (DESIGN.md §2 "honest measurement").
+
+    With no VPN up: the ordinary way. With a tunnel up: bound to the physical uplink
+    (`device`), names resolved by the physical network's DNS (`resolver`). `blocked`
+    says why no round can be honest now (a tunnel up and no physical uplink known):
+    the previous selection is kept. `cache` False: the location may be out of date, so
+    a round is not cached under it.
+    """
+
+    device: str | None = None
+    resolver: Resolver | None = None
+    blocked: str | None = None
+    cache: bool = True
+
+
+DIRECT = ProbePath()
 
 
 class Engine:
@@ -49,7 +70,8 @@ class Engine:
         self.wall_clock = wall_clock or (lambda: self.clock().timestamp())
 
     async def evaluate(self, trigger: Trigger, location: Location, *,
-                       slept: timedelta | None = None, netenv_ok: bool = True) -> Decision:
+                       slept: timedelta | None = None, netenv_ok: bool = True,
+                       path: ProbePath = DIRECT) -> Decision:
         """Decide for `location` as `trigger` requires, store and log the outcome."""
         settings = self.config.settings
         gateways = self.config.gateways
@@ -73,17 +95,19 @@ class Engine:
             decision = decide_skipped(location=location, reason=p.reason or Reason.DISABLED,
                                       text=p.text, metric=settings.metric, now=now,
                                       last_gateway=state.last_gateway, gateways=gateways)
-        elif p.action is Action.KEEP:
-            log.info(p.text)
+        elif p.action is Action.KEEP or path.blocked is not None:
+            text = p.text if p.action is Action.KEEP else f"{path.blocked}; previous selection kept"
+            log.info(text)
             decision = self._keep(await anyio.to_thread.run_sync(store.decisions, 1),
-                                  location, p.text, state.last_gateway, now)
+                                  location, text, state.last_gateway, now)
         else:
             outcome = await probe_round(
                 gateways, metric=settings.metric, probe_count=settings.probe_count,
                 deadline=settings.round_deadline.total_seconds(),
                 probe_timeout=settings.probe_timeout.total_seconds(),
                 proxy_check_for=() if entry is not None else [g.host for g in gateways],
-                resolver=self.resolver, clock=self.wall_clock,
+                resolver=path.resolver or self.resolver, device=path.device,
+                clock=self.wall_clock,
                 # The threshold compares the current gateway's own figure: it must not be
                 # cut short just because another gateway is already known to be faster.
                 settle_early=not p.apply_threshold)
@@ -94,7 +118,9 @@ class Engine:
                 last_gateway=state.last_gateway, apply_threshold=p.apply_threshold)
             log.info("round finished", elapsed_s=round(outcome.elapsed_s, 3),
                      settled_early=outcome.settled_early, deadline_hit=outcome.deadline_hit)
-            if decision.source is Source.PROBES:
+            if decision.source is Source.PROBES and not path.cache:
+                log.info("round not cached: the location may be out of date")
+            elif decision.source is Source.PROBES:
                 # The cache keeps the measured order even when the threshold kept the
                 # user where they are: it answers "what is best here", not "where am I".
                 measured = rank(outcome.results, settings.metric).hosts

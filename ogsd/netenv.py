@@ -8,13 +8,13 @@ would make a working network look dead.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
-import dns.asyncquery
 import dns.exception
 import dns.message
 import dns.name
@@ -22,6 +22,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.reversename
 
+from ogsd import dnsquery
 from ogsd.core.models import Location
 from ogsd.netwatch import NetWatchError, read_snapshot
 
@@ -64,8 +65,14 @@ async def network_environment_test(
     # the whole test ends within it plus the routing dump.
     timeout: float = DNS_TIMEOUT_DEFAULT,  # noqa: ASYNC109
     port: int = 53,
+    device: str | None = None,
+    netns: str | None = None,
 ) -> NetEnvResult:
-    """Check for a usable default route and for any DNS answer from the location's servers."""
+    """Check for a usable default route and for any DNS answer from the location's servers.
+
+    `device`: ask the servers from that interface (the physical uplink while a VPN's
+    tunnel holds the default route). `netns`: read routes there (tests).
+    """
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout}")
     route: tuple[bool, str] = (False, "")
@@ -73,11 +80,11 @@ async def network_environment_test(
 
     async def check_route() -> None:
         nonlocal route
-        route = await _check_default_route()
+        route = await _check_default_route(netns)
 
     async def check_dns() -> None:
         nonlocal dns_result
-        dns_result = await _dns_subtest(location.servers, gateway_names, timeout, port)
+        dns_result = await _dns_subtest(location.servers, gateway_names, timeout, port, device)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(check_route)
@@ -91,10 +98,11 @@ async def network_environment_test(
     )
 
 
-async def _check_default_route() -> tuple[bool, str]:
+async def _check_default_route(netns: str | None) -> tuple[bool, str]:
     try:
         with anyio.fail_after(ROUTE_CHECK_TIMEOUT):
-            snapshot = await anyio.to_thread.run_sync(read_snapshot, abandon_on_cancel=True)
+            snapshot = await anyio.to_thread.run_sync(
+                functools.partial(read_snapshot, netns=netns), abandon_on_cancel=True)
     except TimeoutError:
         return False, f"cannot read routes: no answer within {ROUTE_CHECK_TIMEOUT:g} s"
     except (OSError, NetWatchError) as exc:
@@ -108,7 +116,8 @@ async def _check_default_route() -> tuple[bool, str]:
 
 
 async def _dns_subtest(
-    servers: Sequence[str], gateway_names: Sequence[str], wait: float, port: int
+    servers: Sequence[str], gateway_names: Sequence[str], wait: float, port: int,
+    device: str | None,
 ) -> tuple[bool, str]:
     if not servers:
         return False, "DNS: no servers configured"
@@ -125,7 +134,7 @@ async def _dns_subtest(
     # Every query runs to its end (bounded by `wait`): stopping at the first answer could
     # cancel a gateway lookup before it was even sent.
     async def ask(query: _Query) -> None:
-        outcome, ok = await _ask(query, wait, port)
+        outcome, ok = await _ask(query, wait, port, device)
         if ok and query.server not in answered:
             answered.add(query.server)
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -164,13 +173,13 @@ def _queries_for(server: str, gateway_names: Sequence[str]) -> list[_Query]:
     return queries
 
 
-async def _ask(query: _Query, wait: float, port: int) -> tuple[str, bool]:
+async def _ask(query: _Query, wait: float, port: int, device: str | None) -> tuple[str, bool]:
     """Send one query (retransmitted once); any response, NXDOMAIN included, is an answer."""
     message = dns.message.make_query(query.name, query.rdtype)
     for _ in range(ATTEMPTS):
         try:
-            response = await dns.asyncquery.udp(
-                message, query.server, timeout=wait / ATTEMPTS, port=port
+            response = await dnsquery.query(
+                message, query.server, timeout=wait / ATTEMPTS, port=port, device=device
             )
         except dns.exception.Timeout:
             continue

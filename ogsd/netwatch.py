@@ -49,6 +49,8 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from ogsd.core.uplink import DefaultRoute, HostRoute
+
 log = structlog.get_logger(__name__)
 
 # A network join (carrier, DHCP, RA, routes) lands within a second or two: report it once.
@@ -69,10 +71,13 @@ CLONE_NEWNET = 0x40000000
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 RTN_UNICAST = 1
+_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 RTNH_F_DEAD, RTNH_F_LINKDOWN = 0x1, 0x10
 IFF_UP, IFF_POINTOPOINT, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x10, 0x40, 0x10000
-# openconnect/AnyConnect use tun devices; WireGuard is the other common VPN link.
-TUNNEL_KINDS = frozenset({"tun", "wireguard"})
+# VPN links: openconnect/AnyConnect (and OpenVPN) use tun devices, then WireGuard and
+# IPsec's xfrm/vti interfaces. Point-to-point alone is no sign: ppp0 on a 3G/DSL modem is
+# a physical uplink.
+TUNNEL_KINDS = frozenset({"tun", "wireguard", "xfrm", "vti", "vti6"})
 
 REASON_LINK, REASON_ADDR, REASON_ROUTE = "link", "addr", "route"
 REASON_RESOLV_CONF, REASON_RESYNC = "resolv.conf", "resync"
@@ -111,7 +116,13 @@ class NetSnapshot:
     default_v4: bool  # a usable unicast default route in the main table
     default_v6: bool
     tunnels: tuple[str, ...]  # names of tunnel devices that are up (tun, wireguard, p2p)
-    host_routes: tuple[str, ...]  # watched gateway addresses that have a /32 or /128 route
+    host_routes: tuple[HostRoute, ...] = ()  # to watched gateway addresses (/32, /128)
+    defaults: tuple[DefaultRoute, ...] = ()  # every usable default route, for the uplink
+    links: tuple[tuple[str, int], ...] = ()  # every link: (name, ifindex), up or not
+
+    def ifindex(self, name: str) -> int | None:
+        """The index of link `name` (None: no such link)."""
+        return dict(self.links).get(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,12 +490,14 @@ def _dump_state(gateways: frozenset[_Address]) -> _State:
         routes = _dump(sock, rtmsg, RTM_GETROUTE)
     fingerprint: set[tuple[Any, ...]] = set()
     tunnels = []
+    names: dict[int, tuple[str, bool]] = {}  # ifindex -> (name, is a tunnel)
     for link in links:
         name = link.get_attr("IFLA_IFNAME")
         flags = link["flags"] & (IFF_UP | IFF_RUNNING | IFF_LOWER_UP | IFF_POINTOPOINT)
         kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
         fingerprint.add(("link", link["index"], name, flags, kind))
-        is_tunnel = kind in TUNNEL_KINDS or flags & IFF_POINTOPOINT or name.startswith("tun")
+        is_tunnel = kind in TUNNEL_KINDS or name.startswith("tun")
+        names[link["index"]] = (name, is_tunnel)
         if is_tunnel and flags & IFF_UP:
             tunnels.append(name)
     for addr in addrs:
@@ -499,8 +512,8 @@ def _dump_state(gateways: frozenset[_Address]) -> _State:
                 addr.get_attr("IFA_LOCAL"),
             )
         )
-    default_v4 = default_v6 = False
-    host_routes = set()
+    defaults: list[DefaultRoute] = []
+    host_routes: dict[_Address, HostRoute] = {}
     for route in routes:
         table = route.get_attr("RTA_TABLE") or route["table"]
         if table == RT_TABLE_LOCAL:
@@ -521,24 +534,32 @@ def _dump_state(gateways: frozenset[_Address]) -> _State:
             )
         )
         dead = route["flags"] & (RTNH_F_DEAD | RTNH_F_LINKDOWN)
+        oif, gateway = route.get_attr("RTA_OIF"), route.get_attr("RTA_GATEWAY")
+        if oif is None and (hops := route.get_attr("RTA_MULTIPATH")):
+            # ECMP: the first next hop stands for the route (its device is what counts).
+            oif, gateway = hops[0]["oif"], hops[0].get_attr("RTA_GATEWAY")
+        device, is_tunnel = names.get(oif, (None, False))
         if (
             route["type"] == RTN_UNICAST
             and not dead
             and table == RT_TABLE_MAIN
             and route["dst_len"] == 0
+            and route["family"] in _FAMILIES
         ):
-            if route["family"] == socket.AF_INET:
-                default_v4 = True
-            elif route["family"] == socket.AF_INET6:
-                default_v6 = True
+            defaults.append(DefaultRoute(_FAMILIES[route["family"]], device, gateway,
+                                         route.get_attr("RTA_PRIORITY") or 0, is_tunnel))
         address = ipaddress.ip_address(dst) if dst is not None else None
-        if address in gateways and route["dst_len"] == address.max_prefixlen:
-            host_routes.add(address)
+        if (address in gateways and route["dst_len"] == address.max_prefixlen
+                and route["type"] == RTN_UNICAST and table == RT_TABLE_MAIN):
+            host_routes[address] = HostRoute(str(address), device, gateway)
     snapshot = NetSnapshot(
-        default_v4=default_v4,
-        default_v6=default_v6,
+        default_v4=any(r.family == 4 for r in defaults),
+        default_v6=any(r.family == 6 for r in defaults),
         tunnels=tuple(sorted(tunnels)),
-        host_routes=tuple(str(a) for a in sorted(host_routes, key=lambda a: (a.version, a))),
+        host_routes=tuple(host_routes[a] for a in sorted(host_routes,
+                                                         key=lambda a: (a.version, a))),
+        defaults=tuple(sorted(defaults, key=lambda r: (r.family, r.metric, r.device or ""))),
+        links=tuple(sorted((name, index) for index, (name, _) in names.items())),
     )
     return _State(snapshot, frozenset(fingerprint))
 

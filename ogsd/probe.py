@@ -21,9 +21,10 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
@@ -37,6 +38,7 @@ from anyio.streams.tls import TLSStream
 from ogsd import __version__
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
 from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
+from ogsd.dnsquery import bind_to_device
 
 log = structlog.get_logger("ogsd.probe")
 
@@ -66,6 +68,14 @@ class RoundOutcome:
     deadline_hit: bool
 
 
+class Resolver(Protocol):
+    """What resolves gateway names: dnspython's async Resolver, or a BoundResolver."""
+
+    async def resolve(self, qname: str, rdtype: str) -> Iterable[Any]:
+        """The records of `rdtype` for `qname`; dns.exception.DNSException if none."""
+        ...
+
+
 class _ProbeError(Exception):
     """A probe or check failed; the message is what gets recorded."""
 
@@ -78,15 +88,17 @@ async def probe_round(
     deadline: float = 7.0,
     probe_timeout: float = 5.0,
     proxy_check_for: Collection[str] = (),
-    resolver: dns.asyncresolver.Resolver | None = None,
+    resolver: Resolver | None = None,
     http_port: int = 80,
     clock: Callable[[], float] = time.time,
     settle_early: bool = True,
+    device: str | None = None,
 ) -> RoundOutcome:
     """Probe every gateway concurrently and stop as soon as the winner is certain.
 
     `settle_early=False` waits for every probe (or the deadline): for callers that need
-    the losers' exact figures, not just the winner.
+    the losers' exact figures, not just the winner. `device` binds every connection to
+    that interface (the physical uplink while a VPN tunnel holds the default route).
     """
     hosts = [_key(g) for g in gateways]
     duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
@@ -106,6 +118,7 @@ async def probe_round(
         clock=clock,
         hosts=hosts,
         settle_early=settle_early,
+        device=device,
     )
     started_at = clock()
     t0 = time.perf_counter()
@@ -144,13 +157,15 @@ class _Round:
         probe_count: int,
         probe_timeout: float,
         proxy_check_for: frozenset[str],
-        resolver: dns.asyncresolver.Resolver | None,
+        resolver: Resolver | None,
         http_port: int,
         clock: Callable[[], float],
         hosts: list[str],
         settle_early: bool,
+        device: str | None,
     ) -> None:
         self.settle_early = settle_early
+        self.device = device
         self.metric = metric
         self.probe_timeout = probe_timeout
         self.proxy_check_for = proxy_check_for
@@ -218,7 +233,7 @@ class _Round:
                 self.resolver = dns.asyncresolver.Resolver()
             except dns.resolver.NoResolverConfiguration as exc:
                 raise _ProbeError("no DNS resolver configured") from exc
-        resolver = self.resolver
+        resolver: Resolver = self.resolver
         answers: dict[str, list[str] | dns.exception.DNSException] = {}
 
         async def lookup(rdtype: str, scope: anyio.CancelScope) -> None:
@@ -248,7 +263,7 @@ class _Round:
         phase = "connecting"
         try:
             with anyio.fail_after(self.probe_timeout):
-                sock, t0 = _syn(address, gateway.port)
+                sock, t0 = _syn(address, gateway.port, self.device)
                 self.set_state(key, index, ProbeState(started=t0 / 1e9))
                 stream, t1 = await _established(sock)
                 network_ms = (t1 - t0) / 1e6
@@ -296,7 +311,7 @@ class _Round:
         self.proxy_started[key] = t0 / 1e9
         try:
             with anyio.fail_after(PROXY_CHECK_TIMEOUT):
-                async with await _connect(address, self.http_port) as stream:
+                async with await _connect(address, self.http_port, self.device) as stream:
                     await stream.send(_request(host, self.http_port, 80, probe=False))
                     status, location = _status(await _read_head(stream))
             elapsed = (time.perf_counter_ns() - t0) / 1e6
@@ -360,7 +375,7 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def _syn(address: str, port: int) -> tuple[socket.socket, int]:
+def _syn(address: str, port: int, device: str | None = None) -> tuple[socket.socket, int]:
     """Start a TCP connect; returns the socket and the perf_counter_ns the SYN left at.
 
     Our own non-blocking connect() rather than anyio.connect_tcp, so the start time is
@@ -374,6 +389,7 @@ def _syn(address: str, port: int) -> tuple[socket.socket, int]:
         # waits for the Finished's ACK and the exchange grows by one RTT. uvloop sets
         # this itself; stdlib asyncio skips sockets made with proto 0, like this one.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        bind_to_device(sock, device)
         t0 = time.perf_counter_ns()
         err = sock.connect_ex((address, port))
         if err not in (0, errno.EINPROGRESS):
@@ -402,8 +418,8 @@ async def _established(sock: socket.socket) -> tuple[SocketStream, int]:
         raise
 
 
-async def _connect(address: str, port: int) -> SocketStream:
-    sock, _ = _syn(address, port)
+async def _connect(address: str, port: int, device: str | None) -> SocketStream:
+    sock, _ = _syn(address, port, device)
     return (await _established(sock))[0]
 
 

@@ -361,7 +361,9 @@ def state_to_dict(state: DaemonState) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(DaemonState):
         value = getattr(state, f.name)
-        out[f.name] = time_text(value, f.name) if isinstance(value, datetime) else value
+        if isinstance(value, datetime):
+            value = time_text(value, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -381,6 +383,8 @@ def state_from_dict(data: Mapping[str, object], where: str = "state") -> DaemonS
             values[f.name] = value
         elif kind == str | None:
             values[f.name] = _str(value, what, optional=True)
+        elif kind == tuple[str, ...]:
+            values[f.name] = _strs(value, what)
         else:  # a new DaemonState field type: teach this function about it
             raise ValueError(f"{what}: no JSON rule for type {kind}")
     return DaemonState(**values)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,8 @@ import pytest
 import uvloop
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ogsd.core.uplink import DefaultRoute, HostRoute
+from ogsd.lab.tun import open_tun
 from ogsd.netwatch import (
     NetSnapshot,
     NetWatcher,
@@ -32,7 +35,7 @@ DEBOUNCE = 0.2
 WAIT = 5.0
 # This kernel has no dummy links; a veth pair with both ends up has carrier, like a NIC.
 VETH = ("link add d0 type veth peer name d1", "link set d1 up", "link set d0 up")
-EMPTY = NetSnapshot(default_v4=False, default_v6=False, tunnels=(), host_routes=())
+EMPTY = NetSnapshot(default_v4=False, default_v6=False, tunnels=(), links=(("lo", 1),))
 
 UVLOOP = pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")
 ASYNCIO = pytest.param(("asyncio", {}), id="asyncio")
@@ -92,8 +95,13 @@ async def test_joining_a_network_is_one_change(netns: str, anyio_backend: Any) -
         change = await next_change(changes)
         assert {"link", "addr", "route"} <= set(change.reasons)
         assert change.snapshot == NetSnapshot(
-            default_v4=True, default_v6=False, tunnels=(), host_routes=("198.18.5.5",)
+            default_v4=True, default_v6=False, tunnels=(),
+            host_routes=(HostRoute("198.18.5.5", "d0", "198.18.0.1"),),
+            defaults=(DefaultRoute(4, "d0", "198.18.0.1", 0, tunnel=False),),
+            links=change.snapshot.links,
         )
+        assert [name for name, _ in change.snapshot.links] == ["d0", "d1", "lo"]
+        assert change.snapshot.ifindex("lo") == 1
         await assert_quiet(changes)
 
         await ip_batch(netns, "route del default")
@@ -128,6 +136,49 @@ async def test_tunnel_device_comes_and_goes(netns: str) -> None:
         assert (await next_change(changes)).snapshot.tunnels == ("tun7",)
         await ip_batch(netns, "link del tun7")
         assert (await next_change(changes)).snapshot.tunnels == ()
+
+
+@contextmanager
+def live_tun(netns: str) -> Iterator[str]:
+    """A TUN device with carrier in `netns` (its fd held, as openconnect holds it)."""
+    name = f"tun{secrets.token_hex(3)}"
+    fd = open_tun(name)
+    try:
+        subprocess.run(["ip", "link", "set", name, "netns", netns], check=True)
+        yield name
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_full_tunnel_as_vpnc_script_sets_it_up(netns: str) -> None:
+    """vpnc-script's full tunnel: the gateway's host route via the LAN, the metric-0
+    default replaced by the tunnel's; an ECMP default still names its device."""
+    await ip_batch(netns, *VETH, "address add 198.18.0.2/24 dev d0",
+                   "route add default via 198.18.0.1")
+    with live_tun(netns) as tun:
+        async with watching(netns=netns, gateways=["198.19.1.1"]) as (initial, changes):
+            assert initial.defaults == (DefaultRoute(4, "d0", "198.18.0.1", 0, tunnel=False),)
+            await ip_batch(netns, f"link set {tun} up",
+                           f"address add 198.18.129.7/32 dev {tun}",
+                           "route add 198.19.1.1 via 198.18.0.1 dev d0",
+                           f"route replace default dev {tun}")
+            snap = (await next_change(changes)).snapshot
+            assert snap.tunnels == (tun,)
+            assert snap.defaults == (DefaultRoute(4, tun, None, 0, tunnel=True),)
+            assert snap.host_routes == (HostRoute("198.19.1.1", "d0", "198.18.0.1"),)
+            # A physical default kept at a high metric (ogsd's hook keeps one) is listed.
+            await ip_batch(netns, "route add default via 198.18.0.1 dev d0 metric 65000")
+            snap = (await next_change(changes)).snapshot
+            assert snap.defaults == (DefaultRoute(4, tun, None, 0, tunnel=True),
+                                     DefaultRoute(4, "d0", "198.18.0.1", 65000, tunnel=False))
+            await ip_batch(netns, f"route del default dev {tun}",
+                           "route del default metric 65000",
+                           "route add default nexthop via 198.18.0.1 dev d0 "
+                           "nexthop via 198.18.0.3 dev d0")
+            snap = (await next_change(changes)).snapshot
+            assert snap.defaults == (DefaultRoute(4, "d0", "198.18.0.1", 0, tunnel=False),)
 
 
 def _in_netns(netns: str, work: Callable[[], _T]) -> _T:
@@ -222,5 +273,8 @@ def test_read_snapshot_in_namespace(netns: str) -> None:
     subprocess.run(["ip", "-n", netns, "-batch", "-"], input=script.encode(), check=True)
     snapshot = read_snapshot(netns=netns, gateways=["2001:db8:5::5"])
     assert snapshot == NetSnapshot(
-        default_v4=False, default_v6=True, tunnels=(), host_routes=("2001:db8:5::5",)
+        default_v4=False, default_v6=True, tunnels=(),
+        host_routes=(HostRoute("2001:db8:5::5", "d0", "2001:db8::1"),),
+        defaults=(DefaultRoute(6, "d0", "2001:db8::1", 1024, tunnel=False),),
+        links=snapshot.links,
     )

@@ -156,9 +156,12 @@ def test_decision_round_trips_through_json() -> None:
 def test_state_round_trips_through_json() -> None:
     state = DaemonState(last_gateway="vpn-a.example", connected=None,
                         last_connect_at=T0, connected_at_sleep=True,
-                        sleep_started_at=T0.astimezone(timezone(timedelta(hours=9))))
+                        sleep_started_at=T0.astimezone(timezone(timedelta(hours=9))),
+                        connected_servers=("198.18.0.53", "198.18.1.53"))
     assert state_from_dict(json.loads(json.dumps(state_to_dict(state)))) == state
     assert state_from_dict({}) == DaemonState()
+    with pytest.raises(ValueError, match=r"state.connected_servers\[1\]: expected text, got 7"):
+        state_from_dict({"connected_servers": ["198.18.0.53", 7]})
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

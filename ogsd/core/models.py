@@ -194,6 +194,16 @@ class DaemonState:
     connected: str | None = None  # gateway of the VPN connection that is up, if any
     connected_device: str | None = None  # its tunnel device, when known (hook's $TUNDEV)
     connected_address: str | None = None  # the address it was reached at ($VPNGATEWAY)
+    connected_by: str | None = None  # who said so: "client" (a hook, ogsctl) or "routes"
+    # The physical location and uplink when the VPN came up: the location stays that
+    # one while the tunnel's DNS is in resolv.conf, unless the uplink changes (a roam).
+    connected_domain: str | None = None
+    connected_servers: tuple[str, ...] = ()
+    connected_uplink: str | None = None  # device
+    connected_uplink_gateway: str | None = None
+    # The physical uplink last seen with a live route, for when only the tunnel is left.
+    uplink: str | None = None  # device
+    uplink_gateway: str | None = None
     last_connect_at: datetime | None = None
     last_disconnect_at: datetime | None = None
     connected_at_sleep: bool = False
