@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dns.asyncresolver
+import dns.exception
 import dns.name
 import dns.resolver
 import structlog
@@ -63,8 +64,9 @@ def parse_resolv_conf(text: str) -> ResolvConf:
                 skipped.append(args[0])
         elif keyword in ("search", "domain"):
             # resolv.conf(5): search and domain are exclusive; the last instance wins.
-            # The location's domain is the first suffix of the winning line.
-            domain = _normalise_domain(args[0]) if args else ""
+            # The location's domain is the first (valid) suffix of the winning line.
+            valid = [a for a in args if _is_domain(a)]
+            domain = _normalise_domain(valid[0]) if valid else ""
     return ResolvConf(domain=domain, servers=tuple(servers), skipped=tuple(skipped))
 
 
@@ -99,11 +101,37 @@ def resolver_for(resolv_conf: Path | None = None) -> dns.asyncresolver.Resolver:
     path = resolv_conf or RESOLV_CONF
     text = _read_text(path)
     resolver = dns.asyncresolver.Resolver(configure=False)
+    # dnspython refuses the whole file over one `nameserver` it cannot parse
+    # (`192.168.1.1#53`, a host name); such lines are dropped here, as glibc ignores
+    # them (and as `_read` warns about them).
+    kept = "".join(_usable(line) for line in text.splitlines(keepends=True))
     try:
-        resolver.read_resolv_conf(io.StringIO(text))
+        resolver.read_resolv_conf(io.StringIO(kept))
     except dns.resolver.NoResolverConfiguration as exc:
         raise DnsConfigError(f"{path} lists no usable nameserver") from exc
+    except (ValueError, dns.exception.DNSException) as exc:
+        raise DnsConfigError(f"{path}: {exc}") from exc
     return resolver
+
+
+def _usable(line: str) -> str:
+    """`line` without what dnspython would refuse the whole file for: a nameserver that
+    is not an IP, search domains that are not domain names."""
+    words = line.split()
+    if len(words) >= 2 and words[0] == "nameserver" and not _is_ip(words[1]):
+        return ""
+    if words and words[0] in ("search", "domain"):
+        names = [w for w in words[1:] if _is_domain(w)]
+        return f"{words[0]} {' '.join(names)}\n" if names else ""
+    return line
+
+
+def _is_domain(text: str) -> bool:
+    try:
+        dns.name.from_text(text)
+    except dns.exception.DNSException:
+        return False
+    return True
 
 
 def _read(path: Path) -> ResolvConf:

@@ -118,6 +118,19 @@ def test_resolver_for_uses_the_file(tmp_path: Path) -> None:
     assert resolver.timeout == 1
 
 
+def test_nameserver_lines_that_are_not_ips_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """`192.168.1.1#53` (dnsmasq's syntax) or a host name: glibc ignores such lines;
+    dnspython refuses the whole file over them. Warned about and skipped."""
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 192.168.1.1#53\nnameserver dns.example\n"
+                    "nameserver 198.18.0.53\nsearch corp.example\n")
+    assert resolver_for(path).nameservers == ["198.18.0.53"]
+    assert read_location(path) == Location("corp.example", ("198.18.0.53",))
+    path.write_text("nameserver 192.168.1.1#53\n")
+    with pytest.raises(DnsConfigError, match="lists no usable nameserver"):
+        resolver_for(path)
+
+
 def test_resolver_for_without_servers_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
     path.write_text("search corp.example\n")

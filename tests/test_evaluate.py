@@ -239,3 +239,20 @@ def test_profile_option_gives_the_gateways(tmp_path: Path) -> None:
     assert (out["source"], out["selected"]) == ("fallback", None)
     assert len(out["results"]) == 4
     assert all(r["error"] for r in out["results"])
+
+
+@pytest.mark.parametrize("odd", [
+    "nameserver 192.168.1.1#53",  # dnsmasq's server syntax, pasted into resolv.conf
+    "nameserver dns.example",
+    "search " + "a" * 70 + ".example",  # a label dnspython refuses
+    "search ..",
+    "options ndots:abc",
+])
+def test_odd_resolv_conf_lines_are_skipped_not_a_traceback(
+        tmp_path: Path, servers: list[LoopbackServer], odd: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    env = write_config(tmp_path, [gw(servers[0])])
+    env.resolv.write_text(f"{odd}\nsearch home.example\nnameserver 198.18.0.53\n")
+    code, out = env.run(capsys=capsys)
+    assert (code, out["selected"]) == (0, servers[0].host)
+    assert out["location"]["keys"] == ["home.example|198.18.0.53"]
