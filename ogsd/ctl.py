@@ -171,11 +171,29 @@ def format_status(result: dict[str, Any]) -> list[str]:
         ("source", _text(result.get("source"))),
         ("location", where),
         ("decided at", _text(result.get("decided_at"), "never")),
-        ("connected", _text(result.get("connected"), "no")),
+        ("connected", _connected(result)),
         ("recommendation", _text(result.get("recommendation"), "none")),
     ]
+    uplink = result.get("uplink")
+    if isinstance(uplink, dict):
+        via = f" via {uplink['gateway']}" if uplink.get("gateway") else ""
+        rows.insert(4, ("uplink", f"{_text(uplink.get('device'))}{via} "
+                                  f"({_text(uplink.get('found_by'))})"))
+    if result.get("location_source"):
+        rows.insert(4, ("location from", str(result["location_source"])))
+    pending = result.get("resume_pending")
+    if isinstance(pending, dict):
+        rows.append(("resume", f"waiting for the network ({_text(pending.get('tests'))} tests, "
+                               f"gives up in {_text(pending.get('give_up_in_s'))} s): "
+                               f"{_text(pending.get('last_test'))}"))
     width = max(len(label) for label, _ in rows) + 3  # colon and two spaces
     return [f"{label + ':':<{width}}{value}" for label, value in rows]
+
+
+def _connected(result: dict[str, Any]) -> str:
+    host = _text(result.get("connected"), "no")
+    device = result.get("connected_device")
+    return f"{host} on {device}" if device and result.get("connected") else host
 
 
 def format_results(result: dict[str, Any]) -> list[str]:

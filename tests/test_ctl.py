@@ -61,6 +61,31 @@ def test_status_is_a_few_aligned_lines(daemon: Daemon) -> None:
     ]
 
 
+def test_status_while_connected_names_uplink_source_and_a_waiting_resume() -> None:
+    status = {"selected": "vpn-tokyo.example.com", "reason": "kept", "reason_code": "kept",
+              "source": "kept", "decided_at": None,
+              "location": {"domain": "home.example", "servers": ["198.18.0.53"]},
+              "location_source": "recorded when the VPN came up",
+              "uplink": {"device": "wlan0", "gateway": "192.168.1.1",
+                         "found_by": "route to the VPN gateway"},
+              "connected": "vpn-tokyo.example.com", "connected_device": "tun0",
+              "resume_pending": {"tests": 2, "give_up_in_s": 297.5,
+                                 "last_test": "no default route"}}
+    assert ctl.format_status(status) == [
+        "selected:        vpn-tokyo.example.com",
+        "reason:          kept: kept",
+        "source:          kept",
+        "location:        home.example via 198.18.0.53",
+        "location from:   recorded when the VPN came up",
+        "uplink:          wlan0 via 192.168.1.1 (route to the VPN gateway)",
+        "decided at:      never",
+        "connected:       vpn-tokyo.example.com on tun0",
+        "recommendation:  none",
+        "resume:          waiting for the network (2 tests, gives up in 297.5 s): "
+        "no default route",
+    ]
+
+
 def test_best_and_order_are_scriptable(daemon: Daemon) -> None:
     best = ogsctl(daemon.path, "best")
     assert (best.returncode, best.stdout) == (0, "vpn-tokyo.example.com\n")
