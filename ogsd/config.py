@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ogsd.address import HTTPS_PORT, Address, split_address
 from ogsd.core.models import Gateway, Metric
 from ogsd.core.settings import (
     IMPROVEMENT_FLOOR_MS_DEFAULT,
@@ -28,15 +29,7 @@ from ogsd.core.settings import (
     SUSPEND_TIME_HOURS_RANGE,
     Settings,
 )
-from ogsd.profile import (
-    HTTPS_PORT,
-    PROTOCOLS,
-    ProfileError,
-    check_host,
-    load_profiles,
-    merge_profiles,
-    split_address,
-)
+from ogsd.profile import PROTOCOLS, ProfileError, load_profiles, merge_profiles
 
 # Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
 DEFAULT_PROFILE_DIRS = (
@@ -219,14 +212,16 @@ class _Table:
             raise self.error(key, values, f"entries must be between {lo} and {hi}")
         return values
 
-    def address(self, key: str, text: str) -> str:
+    def address(self, key: str, text: str) -> Address:
         try:
-            host, port, _ = split_address(text)
+            return split_address(text)
         except ValueError as e:
             raise self.error(key, text, str(e)) from None
-        if port is None:
-            return host
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        """A list of failover addresses, one spelling each, duplicates dropped."""
+        texts = self.items(key, str, "host names")
+        return tuple(dict.fromkeys(self.address(key, text).text for text in texts))
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -282,24 +277,22 @@ def _gateways(root: _Table) -> list[Gateway]:
         table = _Table(root.source, "gateway", entry, index)
         if "host" not in entry:
             raise table.error("host", None, "is required")
-        raw_host = table.get("host", "", str, "a host name or IP address")
-        try:
-            host = check_host(raw_host)
-        except ValueError as e:
-            raise table.error("host", raw_host, str(e)) from None
+        address = table.address("host", table.get("host", "", str, "a host name or IP address"))
+        port = table.integer("port", address.port or HTTPS_PORT, 1, 65535)
+        if address.port is not None and port != address.port:
+            raise table.error("port", port, f"the host says port {address.port}")
         protocol = table.string("primary_protocol", None)
         if protocol is not None and protocol.lower() not in PROTOCOLS:
             raise table.error("primary_protocol", protocol, 'must be "SSL" or "IPsec"')
         gateways.append(Gateway(
-            host=host,
+            host=address.host,
             name=table.string("name", "") or "",
-            user_group=table.string("user_group", None),
-            backups=tuple(table.address("backups", b)
-                          for b in table.items("backups", str, "host names")),
-            load_balancing=tuple(table.address("load_balancing", b)
-                                 for b in table.items("load_balancing", str, "host names")),
+            # As in a profile: an explicit group wins over the address's group path.
+            user_group=table.string("user_group", None) or address.group,
+            backups=table.addresses("backups"),
+            load_balancing=table.addresses("load_balancing"),
             primary_protocol=PROTOCOLS[protocol.lower()] if protocol else None,
-            port=table.integer("port", HTTPS_PORT, 1, 65535),
+            port=port,
         ))
     return gateways
 

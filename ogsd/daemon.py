@@ -7,6 +7,7 @@ worker (rounds never overlap); notify systemd; shut down cleanly. Policy lives i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -26,6 +27,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ogsd import api
+from ogsd.address import split_address
 from ogsd.config import Config, ConfigError
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location
@@ -529,8 +531,11 @@ class Daemon:
         return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
 
     async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
-        # Client hooks may only know the address (openconnect's $VPNGATEWAY): name it
-        # after the gateway it was probed as, so thresholds compare the right figures.
+        # Client hooks may only know the address (openconnect's $VPNGATEWAY), users type
+        # the URL form: name it after the gateway it was probed as, so thresholds compare
+        # the right figures.
+        with contextlib.suppress(ValueError):
+            host = split_address(host).host
         address = host if _is_ip(host) else None
         host = self._gateways_by_address().get(host, host)
         await self._set_connected(host, device=device, address=address, by="client")

@@ -7,7 +7,6 @@ every error names the file, the line and the element.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from xml.etree.ElementTree import ParseError
 from defusedxml import DefusedXmlException, EntitiesForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
+from ogsd.address import HTTPS_PORT, Address, split_address
 from ogsd.core.models import Gateway
 from ogsd.core.settings import IMPROVEMENT_PERCENT_RANGE, SUSPEND_TIME_HOURS_RANGE
 
@@ -30,10 +30,8 @@ ROOT = "AnyConnectProfile"
 MAX_PROFILE_BYTES = 1024 * 1024
 # AnyConnect's PrimaryProtocol values (profile schema), normalised to this spelling.
 PROTOCOLS = {"ssl": "SSL", "ipsec": "IPsec"}
-HTTPS_PORT = 443
 
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only, unlike int()
 
 
 class ProfileError(ValueError):
@@ -62,42 +60,6 @@ class MergedProfiles:
     improvement_percent: int | None = None
     suspend_time_hours: int | None = None
     warnings: tuple[str, ...] = ()
-
-
-def check_host(text: str) -> str:
-    """A host name or IP literal, normalised (lower case, no trailing dot); ValueError if not."""
-    host = text.strip().lower()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    host = host.removesuffix(".")
-    labels = host.split(".")
-    if not host or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{text.strip()!r} is not a host name or IP address")
-    return host
-
-
-def split_address(text: str) -> tuple[str, int | None, str | None]:
-    """AnyConnect's `host[:port][/group-url]` form -> (host, port, group); ValueError if bad."""
-    rest, _, group = text.strip().partition("/")
-    port: int | None = None
-    if rest.startswith("["):  # [IPv6]:port
-        inside, sep, tail = rest[1:].partition("]")
-        if not sep or (tail and not tail.startswith(":")):
-            raise ValueError(f"{text.strip()!r}: bad bracketed IPv6 address")
-        rest, port_text = inside, tail[1:] if tail else ""
-    elif rest.count(":") == 1:
-        rest, _, port_text = rest.partition(":")
-    else:  # a bare IPv6 literal has several colons and no port
-        port_text = ""
-    if port_text:
-        if not _DIGITS.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"{text.strip()!r}: port must be between 1 and 65535")
-        port = int(port_text)
-    return check_host(rest), port, group.strip("/") or None
 
 
 @dataclass
@@ -183,7 +145,7 @@ class _Reader:
                              f"{node.text!r} must be a whole number between {lo} and {hi}")
         return int(node.text)
 
-    def address(self, node: _Node, where: str) -> tuple[str, int | None, str | None]:
+    def address(self, node: _Node, where: str) -> Address:
         try:
             return split_address(node.text)
         except ValueError as e:
@@ -223,12 +185,9 @@ class _Reader:
         found = self.one(entry, tag, where)
         if found is None:
             return ()
-        result = []
-        for node in found.all("HostAddress"):
-            host, port, _ = self.address(node, f"{where}/{tag}/HostAddress")
-            result.append(f"[{host}]:{port}" if port and ":" in host
-                          else f"{host}:{port}" if port else host)
-        return tuple(result)
+        # dict: one entry per address, however many ways it was written
+        return tuple(dict.fromkeys(self.address(node, f"{where}/{tag}/HostAddress").text
+                                   for node in found.all("HostAddress")))
 
     def profile(self, root: _Node) -> Profile:
         if root.tag != ROOT:

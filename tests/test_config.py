@@ -313,5 +313,55 @@ def test_value_errors_come_before_no_gateways(tmp_path: Path) -> None:
 
 
 def test_non_ascii_values_are_shown_as_written(tmp_path: Path) -> None:
-    message = toml_error(tmp_path, '[[gateway]]\nhost = "vpn.exämple.com"\n')
-    assert "host = \"vpn.exämple.com\": 'vpn.exämple.com' is not a host name" in message
+    message = toml_error(tmp_path, '[[gateway]]\nhost = "vpn.exämple..com"\n')
+    assert "host = \"vpn.exämple..com\": 'vpn.exämple..com' is not a host name" in message
+
+
+def test_gateway_host_takes_the_url_form(tmp_path: Path) -> None:
+    """Issue 8: the same address rules as the profiles' HostAddress."""
+    config = load_toml(tmp_path, """
+[[gateway]]
+host = " https://VPN-A.example.com:8443/staff/ "
+backups = ["https://b.example.com:443/", "B.example.com", "https://[2001:db8::2]:8443/x"]
+load_balancing = ["https://a1.example.com/"]
+[[gateway]]
+host = "https://vpn-b.example.com/eng"
+user_group = "ops"
+port = 443
+[[gateway]]
+host = "vpn.bücher.example"
+""")
+    assert config.gateways == (
+        Gateway(host="vpn-a.example.com", user_group="staff", port=8443,
+                backups=("b.example.com", "[2001:db8::2]:8443"),
+                load_balancing=("a1.example.com",)),
+        Gateway(host="vpn-b.example.com", user_group="ops"),
+        Gateway(host="vpn.xn--bcher-kva.example"),
+    )
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[[gateway]]\nhost = "http://a.example.com/"\n',
+     "line 2: [[gateway]] #1: host = \"http://a.example.com/\": 'http://a.example.com/': "
+     "scheme http:// is not supported"),
+    ('[[gateway]]\nhost = "https://a.example.com:8443/"\nport = 10443\n',
+     "line 3: [[gateway]] #1: port = 10443: the host says port 8443"),
+    ('[[gateway]]\nhost = "https://u@a.example.com/"\n', "user info ('...@') is not allowed"),
+    ('[[gateway]]\nhost = "a.example.com"\nbackups = ["https://b.example.com/?x"]\n',
+     "line 3: [[gateway]] #1: backups = \"https://b.example.com/?x\": "
+     "'https://b.example.com/?x': a query"),
+])
+def test_bad_gateway_addresses_name_line_and_key(tmp_path: Path, text: str,
+                                                 expected: str) -> None:
+    message = toml_error(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'ogsd.toml'}: ")
+    assert expected in message
+
+
+def test_gateway_in_toml_and_profile_under_two_spellings_is_one(tmp_path: Path) -> None:
+    config = load_toml(tmp_path, f'profiles = ["{SAMPLE}"]\n[[gateway]]\n'
+                                 'host = "HTTPS://vpn-tyo.example.com.:443/"\nname = "Mine"\n')
+    assert [g.host for g in config.gateways] == SAMPLE_HOSTS
+    assert config.gateways[0].name == "Mine"
+    assert config.warnings == (f"{SAMPLE}: gateway vpn-tyo.example.com is also a [[gateway]] "
+                               f"in {tmp_path / 'ogsd.toml'}; keeping that one",)

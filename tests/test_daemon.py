@@ -370,6 +370,19 @@ async def test_connect_rules_reconnect_within_suspend_time_keeps_the_selection(
             assert counts(fast, slow) > seen
 
 
+@pytest.mark.anyio
+async def test_connected_gateway_may_be_named_as_a_url(setup: Setup) -> None:
+    """`ogsctl notify connected https://HOST/group` names the probed gateway HOST."""
+    options = setup.options(watch_network=False, watch_sleep=False)
+    async with running_daemon(options, setup.config, FakeClock()) as (daemon, decisions):
+        await decisions.next()
+        async with api_client(setup.socket) as client:
+            await client.result("notify.connected", {"host": f"HTTPS://{SLOW}:443/staff/"})
+            assert (await client.result("status"))["connected"] == SLOW
+        state = await anyio.to_thread.run_sync(daemon.store.load_state)
+        assert (state.connected, state.last_gateway) == (SLOW, SLOW)
+
+
 # --- h, i: the socket API of the running daemon -------------------------------------------
 
 # A stdlib-only client for the system interpreter, run as nobody: one reply per request.

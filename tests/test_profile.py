@@ -14,7 +14,6 @@ from ogsd.profile import (
     load_profiles,
     merge_profiles,
     parse_profile,
-    split_address,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,28 +188,6 @@ def test_unreadable_and_oversized_files(tmp_path: Path) -> None:
         parse_profile(big)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("vpn.example.com", ("vpn.example.com", None, None)),
-    (" VPN.Example.COM. ", ("vpn.example.com", None, None)),
-    ("vpn.example.com:8443", ("vpn.example.com", 8443, None)),
-    ("vpn.example.com/engineering", ("vpn.example.com", None, "engineering")),
-    ("vpn.example.com:4443/eng/", ("vpn.example.com", 4443, "eng")),
-    ("198.18.0.10", ("198.18.0.10", None, None)),
-    ("2001:db8::1", ("2001:db8::1", None, None)),
-    ("[2001:DB8::1]:8443", ("2001:db8::1", 8443, None)),
-])
-def test_split_address(text: str, expected: tuple[str, int | None, str | None]) -> None:
-    assert split_address(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "vpn..example.com", "a.example.com:https",
-                                  "a.example.com:70000", "[2001:db8::1", "x" * 64 + ".com",
-                                  "vpn_example com", "[2001:db8::1]x"])
-def test_split_address_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match=r"not a host name|port must be|bracketed"):
-        split_address(text)
-
-
 def test_group_url_path_becomes_user_group_unless_set(tmp_path: Path) -> None:
     body = ("<ServerList><HostEntry><HostAddress>a.example.com/eng</HostAddress></HostEntry>"
             "<HostEntry><HostAddress>b.example.com/eng</HostAddress><UserGroup>ops</UserGroup>"
@@ -218,6 +195,64 @@ def test_group_url_path_becomes_user_group_unless_set(tmp_path: Path) -> None:
     gateways = parse_profile(write_profile(tmp_path, body)).gateways
     assert [(g.host, g.user_group) for g in gateways] == [("a.example.com", "eng"),
                                                           ("b.example.com", "ops")]
+
+
+def test_url_form_host_address_is_the_gateway_and_its_group(tmp_path: Path) -> None:
+    """Issue 8: `https://vpn.example.com/staff` used to be probed as a host named https."""
+    body = ("<ServerList>"
+            "<HostEntry><HostName>Staff</HostName>\n"
+            "<HostAddress> https://VPN.example.com/staff </HostAddress></HostEntry>"
+            "<HostEntry><HostAddress>HTTPS://[2001:db8::7]:8443/eng/</HostAddress>"
+            "<UserGroup>ops</UserGroup>\n"
+            "<BackupServerList><HostAddress>https://vpn-b.example.com:443/</HostAddress>"
+            "<HostAddress>VPN-B.example.com</HostAddress>"
+            "<HostAddress>https://vpn-c.example.com:8443/x</HostAddress></BackupServerList>"
+            "<LoadBalancingServerList><HostAddress>https://lb1.example.com/</HostAddress>"
+            "</LoadBalancingServerList></HostEntry>"
+            "<HostEntry><HostName>https://vpn-bücher.example/</HostName></HostEntry>"
+            "</ServerList>")
+    profile = parse_profile(write_profile(tmp_path, body))
+    assert profile.gateways == (
+        Gateway(host="vpn.example.com", name="Staff", user_group="staff"),
+        Gateway(host="2001:db8::7", user_group="ops", port=8443,
+                backups=("vpn-b.example.com", "vpn-c.example.com:8443"),
+                load_balancing=("lb1.example.com",)),
+        Gateway(host="xn--vpn-bcher-u9a.example", name="https://vpn-bücher.example/"),
+    )
+
+
+@pytest.mark.parametrize(("address", "problem"), [
+    ("http://vpn.example.com/staff", "scheme http:// is not supported"),
+    ("https://admin@vpn.example.com/", "user info"),
+    ("https://vpn.example.com/?g=staff", "a query"),
+    ("https://vpn.example.com/#staff", "a fragment"),
+    ("https:///staff", "no host"),
+    ("https://vpn.example.com:99999/", "port must be between 1 and 65535"),
+])
+@pytest.mark.parametrize("where", ["HostAddress", "BackupServerList/HostAddress",
+                                   "LoadBalancingServerList/HostAddress"])
+def test_bad_url_forms_name_file_line_and_field(tmp_path: Path, address: str, problem: str,
+                                                where: str) -> None:
+    inner = f"<HostAddress>{address}</HostAddress>"
+    server_list = where.partition("/")[0]
+    entry = (inner if where == "HostAddress" else
+             f"<HostAddress>a.example.com</HostAddress>\n<{server_list}>{inner}</{server_list}>")
+    path = write_profile(tmp_path, f"<ServerList>\n<HostEntry>\n{entry}</HostEntry></ServerList>")
+    with pytest.raises(ProfileError) as info:
+        parse_profile(path)
+    line = 5 if where == "HostAddress" else 6
+    assert str(info.value).startswith(f"{path}: line {line}: {HE}[1]/{where}: {address!r}")
+    assert problem in str(info.value)
+
+
+def test_entries_differing_only_in_form_are_one_gateway(tmp_path: Path) -> None:
+    body = ("<ServerList><HostEntry><HostName>A</HostName><HostAddress>vpn.bücher.example"
+            "</HostAddress></HostEntry>\n<HostEntry><HostName>B</HostName><HostAddress>"
+            "https://VPN.XN--BCHER-KVA.example./staff</HostAddress></HostEntry></ServerList>")
+    profile = parse_profile(write_profile(tmp_path, body))
+    assert [(g.host, g.name) for g in profile.gateways] == [("vpn.xn--bcher-kva.example", "A")]
+    assert profile.warnings == (f"{tmp_path / 'p.xml'}: line 4: HostEntry "
+                                "vpn.xn--bcher-kva.example listed twice; keeping the first",)
 
 
 def test_duplicate_host_entry_in_one_profile_keeps_the_first(tmp_path: Path) -> None:
