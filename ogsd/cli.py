@@ -97,11 +97,14 @@ def config_path(arg: Path | None, profiles: Sequence[Path]) -> Path | None:
 
 
 def load(path: Path | None, profiles: Sequence[Path]) -> Config:
-    """Load the configuration, turning every input error into BadInput."""
+    """Load the configuration, turning every input error into BadInput; log its warnings."""
     try:
-        return load_config(config_path(path, profiles), profiles)
+        config = load_config(config_path(path, profiles), profiles)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+    for warning in config.warnings:  # e.g. a setting the profile does not let users change
+        structlog.get_logger("ogsd").warning(warning)
+    return config
 
 
 def state_dir(arg: Path | None) -> Path:
@@ -190,8 +193,6 @@ def _run(args: argparse.Namespace) -> int:
     profiles = tuple(args.profile)
     config = load(args.config, profiles)
     path = config_path(args.config, profiles)
-    for warning in config.warnings:
-        structlog.get_logger("ogsd").warning(warning)
     socket_path = args.socket
     if socket_path is None and not socket_activated():
         socket_path = default_layout().socket

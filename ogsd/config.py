@@ -27,9 +27,17 @@ from ogsd.core.settings import (
     PROBE_COUNT_DEFAULT,
     SUSPEND_TIME_HOURS_DEFAULT,
     SUSPEND_TIME_HOURS_RANGE,
+    Choice,
     Settings,
+    resolve_enabled,
 )
-from ogsd.profile import PROTOCOLS, ProfileError, load_profiles, merge_profiles
+from ogsd.profile import (
+    PROTOCOLS,
+    MergedProfiles,
+    ProfileError,
+    load_profiles,
+    merge_profiles,
+)
 
 # Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
 DEFAULT_PROFILE_DIRS = (
@@ -150,6 +158,11 @@ class _Table:
         if self.index:
             return f"[[{self.name}]] #{self.index}: "
         return f"[{self.name}] " if self.name else ""
+
+    def where(self, key: str) -> str:
+        """`file line N` of a key, for messages that are not errors."""
+        line = self.source.lines.get((self.name, self.index, key))
+        return f"{self.source.path} line {line}" if line else str(self.source.path)
 
     def error(self, key: str, value: Any, problem: str) -> ConfigError:
         lines = self.source.lines
@@ -316,10 +329,18 @@ def _profile_paths(root: _Table, base: Path, given: Sequence[Path]) -> list[Path
     return found
 
 
-def _settings(ogs: _Table, automatic: bool | None, improvement: int | None,
-              suspend: int | None) -> Settings:
+def _settings(ogs: _Table, merged: MergedProfiles, warnings: list[str]) -> Settings:
+    improvement, suspend = merged.improvement_percent, merged.suspend_time_hours
+    user = None
+    if "enabled" in ogs.data:
+        user = Choice(ogs.boolean("enabled", True), ogs.where("enabled"))
+    enabled = resolve_enabled(merged.automatic_selection, merged.automatic_selection_controllable,
+                              user)
+    if enabled.ignored:
+        warnings.append(enabled.ignored)
     return Settings(
-        enabled=ogs.boolean("enabled", True if automatic is None else automatic),
+        enabled=enabled.value,
+        enabled_why=enabled.why,
         improvement_percent=ogs.integer(
             "improvement_percent", improvement or IMPROVEMENT_PERCENT_DEFAULT,
             *IMPROVEMENT_PERCENT_RANGE),
@@ -389,8 +410,7 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
             warnings.append(f"{origin}: gateway {gateway.host} is also a [[gateway]] in "
                             f"{config_path}; keeping that one")
         gateways.setdefault(gateway.host, gateway)
-    settings = _settings(ogs, merged.automatic_selection, merged.improvement_percent,
-                         merged.suspend_time_hours)
+    settings = _settings(ogs, merged, warnings)
     daemon = _daemon(daemon_table)
     if settings.probe_timeout > settings.round_deadline:
         warnings.append(f"{config_path}: [ogs] probe_timeout_s is longer than "

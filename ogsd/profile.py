@@ -19,7 +19,7 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 from ogsd.address import HTTPS_PORT, Address, split_address
 from ogsd.core.models import Gateway
-from ogsd.core.settings import IMPROVEMENT_PERCENT_RANGE, SUSPEND_TIME_HOURS_RANGE
+from ogsd.core.settings import IMPROVEMENT_PERCENT_RANGE, SUSPEND_TIME_HOURS_RANGE, Choice
 
 # The namespace real profiles declare; elements are matched by local name, so a profile
 # written without it (or with another one) is read the same way.
@@ -48,6 +48,16 @@ class Profile:
     improvement_percent: int | None
     suspend_time_hours: int | None
     warnings: tuple[str, ...] = ()
+    # EnableAutomaticServerSelection's UserControllable (absent: false) and line.
+    automatic_selection_controllable: bool = False
+    automatic_selection_line: int | None = None
+
+    @property
+    def automatic_selection_choice(self) -> Choice | None:
+        """The element's value and where it is written, if the profile sets it."""
+        if self.automatic_selection is None:
+            return None
+        return Choice(self.automatic_selection, f"{self.path} line {self.automatic_selection_line}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,8 @@ class MergedProfiles:
 
     gateways: tuple[Gateway, ...] = ()
     gateway_sources: tuple[Path, ...] = ()  # the profile each gateway came from
-    automatic_selection: bool | None = None
+    automatic_selection: Choice | None = None
+    automatic_selection_controllable: bool = False
     improvement_percent: int | None = None
     suspend_time_hours: int | None = None
     warnings: tuple[str, ...] = ()
@@ -193,6 +204,7 @@ class _Reader:
         if root.tag != ROOT:
             raise self.error(root.line, root.tag, f"root element must be <{ROOT}>")
         automatic = improvement = suspend = None
+        controllable = False
         init = self.one(root, "ClientInitialization", ROOT)
         ogs = self.one(init, "EnableAutomaticServerSelection", "ClientInitialization") \
             if init else None
@@ -201,7 +213,8 @@ class _Reader:
             if ogs.text:
                 automatic = self.boolean(ogs, where)
             if "UserControllable" in ogs.attrib:
-                self.boolean(ogs, f"{where} UserControllable", ogs.attrib["UserControllable"])
+                controllable = self.boolean(ogs, f"{where} UserControllable",
+                                            ogs.attrib["UserControllable"])
             if (node := self.one(ogs, "AutoServerSelectionImprovement", where)) is not None:
                 improvement = self.integer(node, f"{where}/AutoServerSelectionImprovement",
                                            IMPROVEMENT_PERCENT_RANGE)
@@ -220,7 +233,8 @@ class _Reader:
                     continue
                 gateways[gateway.host] = gateway
         return Profile(self.path, tuple(gateways.values()), automatic, improvement, suspend,
-                       tuple(self.warnings))
+                       tuple(self.warnings), automatic_selection_controllable=controllable,
+                       automatic_selection_line=ogs.line if ogs is not None else None)
 
 
 def parse_profile(path: Path) -> Profile:
@@ -296,7 +310,8 @@ def load_profiles(paths: Sequence[Path]) -> tuple[Profile, ...]:
 
 
 def merge_profiles(profiles: Sequence[Profile]) -> MergedProfiles:
-    """One view of several profiles: first occurrence of a gateway and of a setting wins."""
+    """One view of several profiles: first occurrence of a gateway and of a setting wins
+    (for EnableAutomaticServerSelection, the first that users may not change)."""
     warnings = [w for profile in profiles for w in profile.warnings]
     gateways: dict[str, tuple[Gateway, Path]] = {}
     for profile in profiles:
@@ -308,17 +323,25 @@ def merge_profiles(profiles: Sequence[Profile]) -> MergedProfiles:
                 gateways[gateway.host] = (gateway, profile.path)
     settings: dict[str, Any] = {}
     for name in ("automatic_selection", "improvement_percent", "suspend_time_hours"):
-        chosen: tuple[Any, Path] | None = None
-        for profile in profiles:
+        ordered = list(profiles)
+        if name == "automatic_selection":
+            # A value users may not change is the administrator's word: it wins over one
+            # they may, whatever the file order (a stable sort keeps that order otherwise).
+            ordered.sort(key=lambda p: p.automatic_selection_controllable)
+        chosen: Profile | None = None
+        for profile in ordered:
             value = getattr(profile, name)
             if value is None:
                 continue
             if chosen is None:
-                chosen = (value, profile.path)
-            elif value != chosen[0]:
+                chosen = profile
+            elif value != (kept := getattr(chosen, name)):
                 warnings.append(f"{profile.path}: {name} = {value} disagrees with "
-                                f"{chosen[1]} ({chosen[0]}); using {chosen[0]}")
-        settings[name] = chosen[0] if chosen else None
+                                f"{chosen.path} ({kept}); using {kept}")
+        settings[name] = getattr(chosen, name) if chosen else None
+        if name == "automatic_selection" and chosen is not None:
+            settings[name] = chosen.automatic_selection_choice
+            settings["automatic_selection_controllable"] = chosen.automatic_selection_controllable
     return MergedProfiles(
         gateways=tuple(g for g, _ in gateways.values()),
         gateway_sources=tuple(p for _, p in gateways.values()),

@@ -58,11 +58,53 @@ def test_profiles_alone_give_defaults_and_profile_values() -> None:
 
 
 def test_toml_overrides_profile_values(tmp_path: Path) -> None:
-    config = load_toml(tmp_path, f'profiles = ["{DATA / "no_namespace.xml"}"]\n'
-                                 "[ogs]\nenabled = true\nsuspend_time_hours = 2\n")
-    assert config.settings.enabled is True
+    config = load_toml(tmp_path, f'profiles = ["{DATA / "second.xml"}"]\n'
+                                 "[ogs]\nenabled = false\nsuspend_time_hours = 2\n")
+    assert config.settings.enabled is False  # UserControllable="true": the user may
     assert config.settings.suspend_time == timedelta(hours=2)
-    assert config.settings.improvement_percent == 30  # not overridden: the profile's
+    assert config.settings.improvement_percent == 40  # not overridden: the profile's
+    assert config.settings.enabled_why == (
+        f"[ogs] enabled = false ({tmp_path / 'ogsd.toml'} line 3); the profile lets users "
+        "choose (UserControllable)")
+    assert config.warnings == ()
+
+
+def test_a_locked_profile_switch_wins_over_toml_with_a_warning(tmp_path: Path) -> None:
+    """Issue 8: without UserControllable="true" the admin's EnableAutomaticServerSelection
+    stands; ogsd.toml saying otherwise is reported, not obeyed."""
+    locked = DATA / "no_namespace.xml"
+    config = load_toml(tmp_path, f'profiles = ["{locked}"]\n[ogs]\nenabled = true\n')
+    path = tmp_path / "ogsd.toml"
+    assert config.settings.enabled is False
+    assert config.settings.enabled_why == (
+        f"EnableAutomaticServerSelection is false ({locked} line 4) and users may not change "
+        "it (UserControllable is not true)")
+    assert config.warnings == (
+        f"{path} line 3: [ogs] enabled = true is ignored: EnableAutomaticServerSelection is "
+        f'false ({locked} line 4) without UserControllable="true"',)
+
+
+@pytest.mark.parametrize(("attribute", "toml", "enabled", "warned"), [
+    ("", "", False, False),  # absent UserControllable: locked
+    ("", "enabled = true", False, True),
+    (' UserControllable="false"', "enabled = true", False, True),
+    (' UserControllable="true"', "", False, False),
+    (' UserControllable="true"', "enabled = true", True, False),
+    (None, "", True, False),  # no element: on by default
+    (None, "enabled = false", False, False),
+])
+def test_ogs_switch_table_through_real_files(tmp_path: Path, attribute: str | None,
+                                              toml: str, enabled: bool, warned: bool) -> None:
+    element = ("" if attribute is None else
+               f"<ClientInitialization><EnableAutomaticServerSelection{attribute}>false"
+               "</EnableAutomaticServerSelection></ClientInitialization>")
+    profile = tmp_path / "p.xml"
+    profile.write_text(f"<AnyConnectProfile>{element}<ServerList><HostEntry><HostAddress>"
+                       "vpn.example.com</HostAddress></HostEntry></ServerList>"
+                       "</AnyConnectProfile>")
+    config = load_toml(tmp_path, f'profiles = ["{profile}"]\n[ogs]\n{toml}\n')
+    assert config.settings.enabled is enabled
+    assert bool(config.warnings) is warned
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:

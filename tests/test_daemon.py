@@ -383,6 +383,21 @@ async def test_connected_gateway_may_be_named_as_a_url(setup: Setup) -> None:
         assert (state.connected, state.last_gateway) == (SLOW, SLOW)
 
 
+@pytest.mark.anyio
+async def test_status_says_why_ogs_is_off(
+        setup: Setup, servers: tuple[LoopbackServer, LoopbackServer]) -> None:
+    setup.config.write_text(setup.config.read_text().replace("[ogs]\n", "[ogs]\nenabled = false\n"))
+    options = setup.options(watch_network=False, watch_sleep=False)
+    async with running_daemon(options, setup.config, FakeClock()) as (_, decisions):
+        first = await decisions.next()
+        assert (first["source"], first["reason_code"]) == ("skipped", "disabled")
+        out = await anyio.to_thread.run_sync(ogsctl, setup.socket, "status")
+    line = next(line for line in out.splitlines() if line.startswith("reason:"))
+    assert line.split(None, 1)[1] == (
+        f"disabled: OGS is off: [ogs] enabled = false ({setup.config} line 5)")
+    assert counts(*servers) == (0, 0)
+
+
 # --- h, i: the socket API of the running daemon -------------------------------------------
 
 # A stdlib-only client for the system interpreter, run as nobody: one reply per request.

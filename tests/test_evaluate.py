@@ -256,3 +256,27 @@ def test_odd_resolv_conf_lines_are_skipped_not_a_traceback(
     code, out = env.run(capsys=capsys)
     assert (code, out["selected"]) == (0, servers[0].host)
     assert out["location"]["keys"] == ["home.example|198.18.0.53"]
+
+
+def test_says_why_ogs_is_off_and_which_setting_lost(tmp_path: Path,
+                                                    servers: list[LoopbackServer]) -> None:
+    """Issue 8: the admin's locked EnableAutomaticServerSelection=false wins over the user's
+    ogsd.toml, and both the result and the warning say so."""
+    profile = tmp_path / "corp.xml"
+    profile.write_text("<AnyConnectProfile>\n<ClientInitialization>\n"
+                       '<EnableAutomaticServerSelection UserControllable="false">false'
+                       "</EnableAutomaticServerSelection>\n</ClientInitialization>\n"
+                       f"<ServerList><HostEntry><HostAddress>{servers[1].host}</HostAddress>"
+                       "</HostEntry></ServerList></AnyConnectProfile>\n")
+    env = write_config(tmp_path, [gw(s) for s in servers], extra="enabled = true\n")
+    env.config.write_text(f'profiles = ["{profile}"]\n' + env.config.read_text())
+    proc = subprocess.run([sys.executable, "-m", "ogsd", "evaluate", "--config",
+                           str(env.config), "--state-dir", str(env.state)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    why = (f"EnableAutomaticServerSelection is false ({profile} line 3) and users may not "
+           "change it (UserControllable is not true)")
+    assert f"Source: skipped (OGS is off: {why})" in proc.stdout.splitlines()
+    assert "[ogs] enabled = true is ignored: EnableAutomaticServerSelection is false" \
+        in proc.stderr
+    assert all(s.connections == 0 for s in servers)  # nothing was probed

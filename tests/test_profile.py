@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ogsd.core.models import Gateway
+from ogsd.core.settings import Choice
 from ogsd.profile import (
     MAX_PROFILE_BYTES,
     ProfileError,
@@ -282,8 +283,9 @@ def test_merge_dedupes_gateways_and_first_setting_wins() -> None:
                                                           name="Sao Paulo"))
     assert merged.gateway_sources == (SAMPLE,) * 4 + (DATA / "second.xml",)
     assert merged.gateways[0].name == "Tokyo"  # first wins, not "Tokyo (engineering)"
-    assert (merged.automatic_selection, merged.improvement_percent,
-            merged.suspend_time_hours) == (True, 20, 4)
+    assert (merged.automatic_selection, merged.automatic_selection_controllable,
+            merged.improvement_percent, merged.suspend_time_hours) == (
+        Choice(True, f"{SAMPLE} line 37"), True, 20, 4)
     assert merged.warnings == (
         f"{DATA / 'second.xml'}: gateway vpn-tyo.example.com already listed in {SAMPLE}; "
         "keeping that one",
@@ -297,9 +299,18 @@ def test_merge_takes_a_setting_from_the_first_profile_that_has_it() -> None:
     # second.xml sets no suspend time: no_namespace.xml's 8 applies, without a warning.
     assert merged.suspend_time_hours == 8
     assert merged.improvement_percent == 40
-    assert merged.automatic_selection is True
-    assert any("automatic_selection = False disagrees" in w for w in merged.warnings)
     assert not any("suspend_time_hours" in w for w in merged.warnings)
+
+
+def test_merge_a_locked_ogs_switch_wins_over_an_open_one_in_any_order() -> None:
+    """EnableAutomaticServerSelection without UserControllable is the admin's word."""
+    locked, open_ = DATA / "no_namespace.xml", DATA / "second.xml"
+    for paths in ([open_, locked], [locked, open_]):
+        merged = merge_profiles(load_profiles(paths))
+        assert merged.automatic_selection == Choice(False, f"{locked} line 4")
+        assert merged.automatic_selection_controllable is False
+        assert (f"{open_}: automatic_selection = True disagrees with {locked} (False); "
+                "using False") in merged.warnings
 
 
 def test_merge_of_nothing_is_empty() -> None:

@@ -58,7 +58,7 @@ def plan(
     if settings.proxy_mode in ("auto", "pac"):
         return Plan(Action.SKIP, PROXY_SKIP_TEXT, Reason.SKIPPED_PROXY)
     if not settings.enabled:
-        return Plan(Action.SKIP, "automatic server selection is disabled by the profile",
+        return Plan(Action.SKIP, f"OGS is off: {settings.enabled_why or 'disabled'}",
                     Reason.DISABLED)
     if trigger is Trigger.FORCED:
         return Plan(Action.PROBE, "evaluation forced: probing")
