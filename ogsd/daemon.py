@@ -569,7 +569,7 @@ class Daemon:
             self.notifier.ready(status=self._status_line())
             raise api.ApiError(api.BAD_PARAMS, f"reload failed, old configuration kept: "
                                                f"{exc}") from None
-        self.config = config
+        old, self.config = self.config, config
         self.engine.config = config
         self.resume.max_wait = config.daemon.resume_network_wait.total_seconds()
         self.net.sources = dataclasses.replace(self.net.sources, resolv_conf=config.resolv_conf)
@@ -577,6 +577,10 @@ class Daemon:
         log.info("configuration reloaded", gateways=[g.host for g in config.gateways])
         if await self._observe():
             await self.submit(Trigger.LOCATION)
+        elif (config.gateways, config.settings) != (old.gateways, old.settings):
+            # The decision published may name a gateway just removed: decide again (the
+            # cache answers unless the change needs probes, see core.cache.fit_to_gateways).
+            await self.submit(Trigger.EVALUATE)
         return {"message": "configuration reloaded"}
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Json]]:

@@ -80,7 +80,7 @@ class Engine:
         entry = await anyio.to_thread.run_sync(store.find_entry, location.keys)
         now = self.clock()
         p = plan(trigger, settings=settings, state=state, location=location, entry=entry,
-                 now=now, slept=slept, netenv_ok=netenv_ok)
+                 now=now, slept=slept, netenv_ok=netenv_ok, gateways=gateways)
         log.info("evaluation planned", trigger=trigger.value, action=p.action.value,
                  why=p.text, domain=location.domain, servers=list(location.servers))
 
@@ -89,7 +89,7 @@ class Engine:
             decision = decide_from_cache(
                 location=location, order=p.entry.order, results=p.entry.results,
                 metric=p.entry.metric, cached_at=p.entry.created_at,
-                expires_at=p.entry.expires_at, now=now)
+                expires_at=p.entry.expires_at, now=now, note=p.note)
         elif p.action is Action.SKIP:
             log.info(p.text)
             decision = decide_skipped(location=location, reason=p.reason or Reason.DISABLED,

@@ -398,6 +398,45 @@ async def test_status_says_why_ogs_is_off(
     assert counts(*servers) == (0, 0)
 
 
+@pytest.mark.anyio
+async def test_reload_never_serves_a_removed_gateway_from_the_cache(
+        setup: Setup, servers: tuple[LoopbackServer, LoopbackServer]) -> None:
+    """Issue 8: after a profile edit and reload, `ogsctl best` named a removed gateway
+    for the cache's 14 days. Removing serves the cached figures of the others (a gateway
+    cut short has none: probed); adding probes again."""
+    fast, slow = servers
+    options = setup.options(watch_network=False, watch_sleep=False)
+    original = setup.config.read_text()
+
+    def without(host: str) -> str:
+        return "\n\n".join(part for part in original.split("\n\n") if host not in part)
+
+    async with (running_daemon(options, setup.config, FakeClock()) as (_, decisions),
+                api_client(setup.socket) as client):
+        assert (await decisions.next())["selected"] == FAST
+        seen = counts(fast, slow)
+        setup.config.write_text(without(SLOW))
+        await client.result("reload")
+        served = await decisions.next()
+        assert (served["source"], served["selected"], served["order"]) == ("cache", FAST, [FAST])
+        assert served["reason"].endswith(f"without gateways removed since: {SLOW}")
+        assert counts(fast, slow) == seen  # nothing probed
+
+        setup.config.write_text(without(FAST))
+        await client.result("reload")
+        probed = await decisions.next()
+        assert (probed["source"], probed["selected"]) == ("probes", SLOW)
+        assert (await client.result("selection"))["order"] == [SLOW]
+        assert fast.connections == seen[0]  # the removed gateway is not probed
+        assert slow.connections > seen[1]  # cut short when cached: it had no figure
+
+        setup.config.write_text(original)
+        await client.result("reload")
+        added = await decisions.next()
+        assert (added["source"], added["selected"]) == ("probes", FAST)
+        assert fast.connections > seen[0]
+
+
 # --- h, i: the socket API of the running daemon -------------------------------------------
 
 # A stdlib-only client for the system interpreter, run as nobody: one reply per request.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ogsd.core.models import CacheEntry, Decision, Location
+from ogsd.core.models import CacheEntry, Decision, Gateway, Location, Metric
+from ogsd.core.selection import failover_order, rank
 
 
 def same_location(a: Location, b: Location) -> bool:
@@ -36,6 +40,42 @@ def usable_entry(
     if entry is None or not same_location(entry.location, location):
         return None
     return entry if is_valid(entry, now, lifetime) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """A valid entry held against the configured gateways: what may be served, and why
+    the stored entry is not served as it is (empty when it is)."""
+
+    entry: CacheEntry | None  # None: probe
+    why: str = ""
+
+
+def fit_to_gateways(entry: CacheEntry, gateways: Sequence[Gateway], metric: Metric) -> Fit:
+    """The entry as it may serve the gateways configured now.
+
+    A round measured other gateways than those configured answers another question:
+    - a gateway was added (or the ranking metric changed): probe, the new one may be best;
+    - gateways were only removed: the figures of those left are as good as when measured,
+      so serve the stored ranking without the removed ones, no probe.
+    The failover order is rebuilt from the current configuration either way, so edited
+    backup lists apply at once.
+    """
+    hosts = [g.host for g in gateways]
+    cached = {r.host for r in entry.results}
+    if entry.metric is not metric:
+        return Fit(None, f"cached ranking is by {entry.metric.value} RTT, "
+                         f"now {metric.value}")
+    if added := [h for h in hosts if h not in cached]:
+        return Fit(None, f"gateways added since it was cached: {', '.join(added)}")
+    kept = tuple(r for r in entry.results if r.host in hosts)
+    ranked = rank(kept, metric)
+    if not ranked.usable:
+        return Fit(None, "no gateway left in it with a figure")
+    order = failover_order(ranked.hosts[0], ranked.hosts, gateways)
+    served = dataclasses.replace(entry, results=kept, order=order)
+    removed = sorted(cached - set(hosts))
+    return Fit(served, f"without gateways removed since: {', '.join(removed)}" if removed else "")
 
 
 def entry_from_decision(decision: Decision, lifetime: timedelta) -> CacheEntry:

@@ -74,6 +74,15 @@ def failover_order(
     return tuple(order)
 
 
+def configured(host: str | None, gateways: Iterable[Gateway]) -> str | None:
+    """`host` if it is still a configured address (a gateway, a backup or a cluster
+    member), else None: a previous gateway removed from the profiles is no fallback."""
+    if host is None:
+        return None
+    known = {a for g in gateways for a in (g.host, *g.backups, *g.load_balancing)}
+    return host if host in known else None
+
+
 def _fmt(ms: float) -> str:
     return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.1f} ms"
 
@@ -104,14 +113,15 @@ def decide_round(
                         results=tuple(results))
 
     if not ranked.usable:
-        configured = tuple(g.host for g in gateways)
+        hosts = tuple(g.host for g in gateways)
         deadline_s = settings.round_deadline.total_seconds()
+        last_gateway = configured(last_gateway, gateways)
         if last_gateway is not None:
             return decision(
                 Source.FALLBACK, Reason.FALLBACK,
                 f"no probe result within {deadline_s:g} s; previous gateway "
                 f"'{last_gateway}' used",
-                last_gateway, failover_order(last_gateway, configured, gateways))
+                last_gateway, failover_order(last_gateway, hosts, gateways))
         return decision(Source.FALLBACK, Reason.NO_GATEWAY,
                         f"no probe result within {deadline_s:g} s and no previous gateway",
                         None, ())
@@ -137,13 +147,14 @@ def decide_round(
 
 def decide_from_cache(
     *, location: Location, order: tuple[str, ...], results: tuple[GatewayResult, ...],
-    metric: Metric, cached_at: datetime, expires_at: datetime, now: datetime,
+    metric: Metric, cached_at: datetime, expires_at: datetime, now: datetime, note: str = "",
 ) -> Decision:
     """A decision served from a valid cache entry: no probes were sent."""
     return Decision(
         location=location, source=Source.CACHE, reason=Reason.CACHE,
         reason_text=(f"cached for this location since {cached_at.isoformat(timespec='seconds')}"
-                     f", valid until {expires_at.isoformat(timespec='seconds')}"),
+                     f", valid until {expires_at.isoformat(timespec='seconds')}"
+                     + (f"; {note}" if note else "")),
         selected=order[0] if order else None, order=order, metric=metric, decided_at=now,
         results=results)
 
@@ -151,10 +162,11 @@ def decide_from_cache(
 def decide_skipped(*, location: Location, reason: Reason, text: str, metric: Metric,
                    now: datetime, last_gateway: str | None,
                    gateways: Sequence[Gateway]) -> Decision:
-    """No OGS performed (proxy auto-detection, disabled): keep the previous gateway."""
-    configured = tuple(g.host for g in gateways)
-    first = last_gateway or (configured[0] if configured else None)
-    order = failover_order(first, configured, gateways) if first else ()
+    """No OGS performed (proxy auto-detection, disabled): keep the previous gateway, if
+    it is still configured, else take the first configured one (AnyConnect's default)."""
+    hosts = tuple(g.host for g in gateways)
+    first = configured(last_gateway, gateways) or (hosts[0] if hosts else None)
+    order = failover_order(first, hosts, gateways) if first else ()
     return Decision(location=location, source=Source.SKIPPED, reason=reason,
                     reason_text=text, selected=first, order=order, metric=metric,
                     decided_at=now)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ogsd.core.cache import same_location, usable_entry
-from ogsd.core.models import CacheEntry, DaemonState, Location, Reason
+from ogsd.core.cache import fit_to_gateways, same_location, usable_entry
+from ogsd.core.models import CacheEntry, DaemonState, Gateway, Location, Reason
 from ogsd.core.settings import Settings
 
 # AnyConnect's exact log text, which support staff grep for.
@@ -39,7 +40,8 @@ class Plan:
     action: Action
     text: str
     reason: Reason | None = None
-    entry: CacheEntry | None = None  # the valid entry when action is CACHE
+    entry: CacheEntry | None = None  # the valid entry when action is CACHE, as it serves
+    note: str = ""  # how the served entry differs from the stored one
     apply_threshold: bool = False  # switch only past the improvement threshold
 
 
@@ -53,8 +55,12 @@ def plan(
     now: datetime,
     slept: timedelta | None = None,
     netenv_ok: bool = True,
+    gateways: Sequence[Gateway] | None = None,
 ) -> Plan:
-    """Decide what an evaluation caused by `trigger` at `now` must do."""
+    """Decide what an evaluation caused by `trigger` at `now` must do.
+
+    `gateways`, the configured ones, are what a cache entry must fit (`fit_to_gateways`).
+    """
     if settings.proxy_mode in ("auto", "pac"):
         return Plan(Action.SKIP, PROXY_SKIP_TEXT, Reason.SKIPPED_PROXY)
     if not settings.enabled:
@@ -84,10 +90,17 @@ def plan(
             return Plan(Action.KEEP, ALREADY_TEXT, Reason.KEPT)
 
     valid = usable_entry(entry, location, now, settings.cache_lifetime)
+    note = unfit = ""
+    if valid is not None and gateways is not None:
+        fit = fit_to_gateways(valid, gateways, settings.metric)
+        valid = fit.entry
+        note, unfit = (fit.why, "") if valid is not None else ("", fit.why)
     if valid is not None and trigger is not Trigger.PERIODIC:
-        return Plan(Action.CACHE, CACHE_TEXT, Reason.CACHE, entry=valid)
+        return Plan(Action.CACHE, CACHE_TEXT, Reason.CACHE, entry=valid, note=note)
     if valid is not None:
         why = "periodic re-evaluation"
+    elif unfit:
+        why = f"cache entry does not fit the configured gateways ({unfit})"
     elif entry is not None and same_location(entry.location, location):
         why = "cache entry expired"
     elif state.cache_cleared_at is not None and entry is None:

@@ -5,7 +5,13 @@ from datetime import timedelta
 import pytest
 
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, Reason, Source
-from ogsd.core.selection import decide_round, failover_order, improvement_met, rank
+from ogsd.core.selection import (
+    decide_round,
+    decide_skipped,
+    failover_order,
+    improvement_met,
+    rank,
+)
 from ogsd.core.settings import Settings
 from tests.core.helpers import HOME, T0, result
 
@@ -107,7 +113,12 @@ def test_round_selects_fastest_with_order_and_reason() -> None:
     ("last", "selected", "reason", "order"),
     [
         ("c", "c", Reason.FALLBACK, ("c", "a", "a-bak", "b", "b-bak1", "b-bak2")),
+        # A backup the user was connected to is still a configured address.
+        ("b-bak2", "b-bak2", Reason.FALLBACK,
+         ("b-bak2", "a", "a-bak", "b", "b-bak1", "c")),
         (None, None, Reason.NO_GATEWAY, ()),
+        # Removed from the profiles since: no fallback target any more (issue 8).
+        ("gone.example.com", None, Reason.NO_GATEWAY, ()),
     ],
 )
 def test_nothing_answered_falls_back_to_last_gateway(
@@ -160,3 +171,12 @@ def test_fallback_text_names_configured_deadline() -> None:
                      settings=Settings(round_deadline=timedelta(seconds=3)),
                      results=[result("a", None)])
     assert "within 3 s" in d.reason_text
+
+
+@pytest.mark.parametrize(("last", "selected"), [("b", "b"), ("gone.example.com", "a"),
+                                                (None, "a")])
+def test_skipped_keeps_the_last_gateway_only_while_configured(last: str | None,
+                                                              selected: str) -> None:
+    d = decide_skipped(location=HOME, reason=Reason.DISABLED, text="off", metric=Metric.NETWORK,
+                       now=T0, last_gateway=last, gateways=GATEWAYS)
+    assert (d.source, d.selected, d.order[0]) == (Source.SKIPPED, selected, selected)
