@@ -11,7 +11,7 @@ from typing import Any
 
 from ogsd.lab import demo, selftest
 from ogsd.lab import spec as lab_spec
-from ogsd.lab.lab import DEFAULT_NAME, Lab, LabError
+from ogsd.lab.lab import DEFAULT_NAME, Lab, LabError, missing_extra
 
 SELFTEST_NAME = "ogsdlab-st"
 
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("selftest", help="measure a fresh lab against its spec")
     p.add_argument("--name", default=SELFTEST_NAME)
     args = parser.parse_args(argv)
+    if args.command in ("up", "set", "demo", "selftest") and (missing := missing_extra()):
+        print(f"ogsd.lab: {missing}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("ogsd.lab: needs root (network namespaces, TUN devices); try sudo", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +33,15 @@ TXQUEUELEN = 4096
 READY_TIMEOUT_S = 10.0
 # A process that ignores SIGTERM this long gets SIGKILL.
 STOP_TIMEOUT_S = 3.0
+
+
+def missing_extra() -> str | None:
+    """What to install when the lab's own dependencies are missing (a plain
+    `pip install ogsd`), else None. The gateways' process imports them, not this one."""
+    if importlib.util.find_spec("cryptography") is None:
+        return ("the lab needs the 'lab' extra (cryptography is not installed): "
+                "pip install 'ogsd[lab]'")
+    return None
 
 
 class LabError(RuntimeError):
@@ -112,6 +122,8 @@ class Lab:
     def up(cls, spec: LabSpec, name: str = DEFAULT_NAME) -> Lab:
         """Create namespaces, TUNs, relay and servers for `spec`; the running lab."""
         spec = lab_spec.validate(spec)
+        if missing := missing_extra():
+            raise LabError(missing)
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces and TUN devices)")
         if cls.exists(name):
