@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -23,7 +24,7 @@ from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, table_rows
 from ogsd.location import Sources
 from ogsd.netstate import NetState
-from ogsd.paths import DB_NAME, default_layout
+from ogsd.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
 from ogsd.resolved import ResolvedClient
 from ogsd.store import Store, StoreError, decision_to_dict
 
@@ -196,6 +197,12 @@ def _run(args: argparse.Namespace) -> int:
     socket_path = args.socket
     if socket_path is None and not socket_activated():
         socket_path = default_layout().socket
+        if user_mode() and not os.environ.get("OGSD_SOCKET"):
+            try:
+                prepare_socket_dir(socket_path.parent)
+            except LayoutError as exc:
+                print(f"ogsd: {exc}", file=sys.stderr)
+                return EXIT_NONE
     options = Options(path, profiles, state_dir(args.state_dir), socket_path)
     store = open_store(options.state_dir)
     with closing(store):

@@ -1,6 +1,7 @@
 """ogsctl: ask ogsd which gateway to use, and tell it what happened (Unix-socket client).
 
-Imports only the standard library and `ogsd.core.report` (itself stdlib-only), so
+Imports only the standard library, `ogsd.core.report` and `ogsd.paths` (the layout
+`ogsd run` uses; both stdlib-only), so
 `openconnect $(ogsctl best)` costs no more than starting Python.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ogsd.core.report import row_note, selection_table
+from ogsd.paths import client_socket
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the daemon answered an error, or no gateway is selected
@@ -22,7 +24,6 @@ EXIT_USAGE = 2  # argparse's own code for bad arguments
 EXIT_NO_DAEMON = 3  # no socket, nobody listening, or no answer
 EXIT_FORBIDDEN = 4  # the daemon (or the socket's mode) refused us
 
-SYSTEM_SOCKET = "/run/ogsd/ogsd.sock"
 # status & co. are answered from memory; a loaded laptop still answers within a second.
 DEFAULT_TIMEOUT_S = 5.0
 # evaluate --wait spans a round: 7 s deadline, the proxy check before it, the cache write.
@@ -38,17 +39,6 @@ class CtlError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def default_socket(env: dict[str, str] | None = None) -> str:
-    """$OGSD_SOCKET, else the system socket if present, else the per-user one."""
-    env = dict(os.environ) if env is None else env
-    if env.get("OGSD_SOCKET"):
-        return env["OGSD_SOCKET"]
-    if os.path.exists(SYSTEM_SOCKET):
-        return SYSTEM_SOCKET
-    runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-    return os.path.join(runtime, "ogsd", "ogsd.sock")
 
 
 class Connection:
@@ -324,7 +314,8 @@ def _add_common(parser: argparse.ArgumentParser, *, after_command: bool) -> None
     unset = argparse.SUPPRESS
     parser.add_argument("--socket", metavar="PATH", default=unset if after_command else None,
                         help="ogsd's socket (default: $OGSD_SOCKET, /run/ogsd/ogsd.sock, "
-                             "$XDG_RUNTIME_DIR/ogsd/ogsd.sock)")
+                             "else the user-mode socket `ogsd run` makes: "
+                             "$XDG_RUNTIME_DIR/ogsd/ogsd.sock and so on)")
     parser.add_argument("--json", action="store_true",
                         default=unset if after_command else False,
                         help="print the daemon's raw JSON result")
@@ -377,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, talk to ogsd, print; the exit code."""
     args = build_parser().parse_args(argv)
-    path = args.socket or default_socket()
+    path = args.socket or str(client_socket())
     timeout = args.timeout or (
         WAIT_TIMEOUT_S if args.command == "evaluate" and args.wait else DEFAULT_TIMEOUT_S)
     try:

@@ -282,11 +282,7 @@ async def _subscribed(handler: CannedHandler) -> None:
         await handler.subscribed.wait()
 
 
-def test_default_socket_order(tmp_path: Path) -> None:
-    assert ctl.default_socket({"OGSD_SOCKET": "/tmp/x.sock"}) == "/tmp/x.sock"
-    if not os.path.exists(ctl.SYSTEM_SOCKET):
-        assert ctl.default_socket({"XDG_RUNTIME_DIR": "/run/user/1000"}) == (
-            "/run/user/1000/ogsd/ogsd.sock")
+def test_ogsd_socket_variable_is_used(tmp_path: Path) -> None:
     env = {**os.environ, "OGSD_SOCKET": str(tmp_path / "env.sock")}
     done = subprocess.run([sys.executable, "-m", "ogsd.ctl", "status"], env=env,
                           capture_output=True, text=True, timeout=20, check=False)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -566,6 +567,59 @@ def test_sd_notify_ready_reload_and_stop(setup: Setup) -> None:
     assert str(setup.config) in refused["error"]
     assert "line 1" in refused["error"]
     assert not [line for line in daemon.log_lines() if "raw" in line]  # no traceback
+
+
+# --- first run: `make run` in one shell, `ogsctl status` in another ------------------------
+
+
+def first_run_env(home: Path) -> dict[str, str]:
+    """A shell with no XDG variables (sudo, su, a container): only HOME."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XDG_", "OGSD_", "NOTIFY_SOCKET", "LISTEN_"))}
+    return {**env, "HOME": str(home), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS}
+
+
+def test_make_run_then_ogsctl_in_another_shell(setup: Setup) -> None:
+    """Issue 8: without XDG_RUNTIME_DIR the daemon listened in /tmp/ogsd-<uid> and ogsctl
+    looked in /run/user/<uid>: "ogsd is not running". Both now use one private place."""
+    home = setup.dir / "home"
+    env = first_run_env(home)
+    with ExitStack() as stack:
+        notify = stack.enter_context(NotifySocket(setup.dir / "notify"))
+        # `make run`: the Makefile's command line, user mode even as root.
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "ogsd", "run", "--config", str(setup.config)],
+            env={**env, "OGSD_USER_MODE": "1", "NOTIFY_SOCKET": str(notify.path)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(daemon.wait, WAIT)
+        stack.callback(daemon.kill)
+        notify.expect("READY=1", START_WAIT)
+        status = subprocess.run([sys.executable, "-m", "ogsd.ctl", "status"], env=env,
+                                capture_output=True, text=True, timeout=WAIT, check=False)
+        assert (status.returncode, status.stderr) == (0, "")
+        assert status.stdout.startswith("selected:")
+        sock = Path(next(p for p in (home / ".local/state/ogsd/run",
+                                     Path(f"/run/user/{os.geteuid()}/ogsd"))
+                         if (p / "ogsd.sock").is_socket()))
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o700
+        daemon.terminate()
+        assert daemon.wait(WAIT) == 0
+
+
+def test_first_run_refuses_a_hijacked_socket_directory(setup: Setup) -> None:
+    """Someone put a symlink where the private socket directory goes: one line, exit 1."""
+    home = setup.dir / "home"
+    planted = home / ".local" / "state" / "ogsd" / "run"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(setup.dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "ogsd", "-q", "run", "--config", str(setup.config)],
+        env={**first_run_env(home), "OGSD_USER_MODE": "1"},
+        capture_output=True, text=True, timeout=START_WAIT, check=False)
+    assert (done.returncode, done.stderr) == (1, (
+        f"ogsd: refusing to put ogsd's socket in {planted}: it is not a directory (a "
+        "symbolic link?); remove it\n"))
+    assert not (setup.dir / "ogsd.sock").exists()
 
 
 # --- f: killed while asleep, started after resume -----------------------------------------
