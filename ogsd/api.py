@@ -30,6 +30,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ogsd import userns
 from ogsd.core.models import CacheEntry, Decision, Gateway
 from ogsd.store_schema import decision_to_dict, entry_to_dict
 
@@ -397,7 +398,12 @@ class ApiServer:
         self._sock = sock
         self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
         self._admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
-        self._admin_uids = frozenset({0, os.getuid(), *admin_uids})
+        if problem := userns.admin_problem(admin_uids, self._admin_gid,
+                                           uid_map=userns.read_map("uid"),
+                                           gid_map=userns.read_map("gid")):
+            raise ValueError(problem)
+        # Never the overflow uid, even as ours (ogsd run as nobody): everyone looks like it.
+        self._admin_uids = frozenset({0, os.getuid(), *admin_uids}) - {userns.OVERFLOW_ID}
         self._max_clients = max_clients
         self._max_bytes = request_max_bytes
         self._idle_timeout = idle_timeout
@@ -540,6 +546,8 @@ class ApiServer:
     async def _is_admin(self, peer: Peer) -> bool:
         if peer.uid in self._admin_uids:
             return True
+        if peer.uid == userns.OVERFLOW_ID:  # a user our namespace cannot tell apart
+            return False
         if self._admin_gid is None:
             return False
         if peer.gid == self._admin_gid:

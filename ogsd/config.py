@@ -38,6 +38,7 @@ from ogsd.profile import (
     load_profiles,
     merge_profiles,
 )
+from ogsd.userns import OVERFLOW_ID
 
 # Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
 DEFAULT_PROFILE_DIRS = (
@@ -359,6 +360,18 @@ def _settings(ogs: _Table, merged: MergedProfiles, warnings: list[str]) -> Setti
     )
 
 
+def _admin_uids(table: _Table) -> tuple[int, ...]:
+    uids = table.integer_list("admin_uids", 0, MAX_UID)
+    if OVERFLOW_ID in uids:
+        raise table.error("admin_uids", uids, f"{OVERFLOW_ID} is the overflow uid (\"nobody\"): "
+                          "every user a user namespace (PrivateUsers=yes) does not map "
+                          "appears as it, so it would make everyone an admin")
+    if table.string("admin_group", None) == str(OVERFLOW_ID):
+        raise table.error("admin_group", str(OVERFLOW_ID), "is the overflow gid "
+                          "(\"nogroup\"): it would make everyone an admin")
+    return tuple(uids)
+
+
 def _daemon(table: _Table) -> DaemonConfig:
     return DaemonConfig(
         continuous=table.boolean("continuous", True),
@@ -367,7 +380,7 @@ def _daemon(table: _Table) -> DaemonConfig:
         period_jitter=table.number("period_jitter", 0.2, 0.0, 0.5),
         debounce=timedelta(seconds=table.number("debounce_s", 2.0, 0.0, 60.0)),
         admin_group=table.string("admin_group", None),
-        admin_uids=tuple(table.integer_list("admin_uids", 0, MAX_UID)),
+        admin_uids=_admin_uids(table),
         socket_group=table.string("socket_group", None),
         max_clients=table.integer("max_clients", 32, *MAX_CLIENTS_RANGE),
         request_max_bytes=table.integer("request_max_bytes", 65536, *REQUEST_MAX_BYTES_RANGE),

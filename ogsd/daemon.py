@@ -155,11 +155,14 @@ class Daemon:
             if not fds:
                 raise ConfigError("no --socket given and no socket passed by systemd")
             sock = fds[0]
-        return api.ApiServer(
-            self, path=self.options.socket_path, sock=sock, socket_group=d.socket_group,
-            admin_uids=d.admin_uids, admin_group=d.admin_group, max_clients=d.max_clients,
-            request_max_bytes=d.request_max_bytes,
-            idle_timeout=d.idle_timeout.total_seconds())
+        try:
+            return api.ApiServer(
+                self, path=self.options.socket_path, sock=sock, socket_group=d.socket_group,
+                admin_uids=d.admin_uids, admin_group=d.admin_group,
+                max_clients=d.max_clients, request_max_bytes=d.request_max_bytes,
+                idle_timeout=d.idle_timeout.total_seconds())
+        except ValueError as exc:  # an unknown group, admins that cannot match: one line
+            raise ConfigError(f"[daemon] {exc}") from None
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

@@ -392,16 +392,28 @@ async def test_socket_group_decides_who_connects(shared_dir: Path) -> None:
     assert replies == [{"connect_errno": 13}]  # EACCES from the file mode
 
 
+# Not nobody/nogroup: that is the overflow id, which ogsd refuses as an admin (issue 8).
+USER = 4242  # no passwd entry: only what the test grants
+USERS = grp.getgrnam("users").gr_gid  # base-passwd's group 100
+
+
 @pytest.mark.root  # setresuid / chown
 @pytest.mark.anyio
-@pytest.mark.parametrize("grant", [{"admin_uids": [NOBODY]}, {"admin_group": "nogroup"}])
-async def test_admin_uids_and_admin_group_grant_writes(shared_dir: Path, grant: Json) -> None:
+@pytest.mark.parametrize(("grant", "admin"), [
+    ({"admin_uids": [USER]}, True), ({"admin_group": "users"}, True),
+    ({"admin_uids": [USER + 1]}, False), ({}, False)])
+async def test_admin_uids_and_admin_group_grant_writes(shared_dir: Path, grant: Json,
+                                                       admin: bool) -> None:
     handler = CannedHandler()
     path = shared_dir / "api.sock"
-    async with serving(handler, path, socket_group="nogroup", **grant):
+    async with serving(handler, path, socket_group="users", **grant):
         replies = await anyio.to_thread.run_sync(
-            requests_as, NOBODY, NOBODY, path, [{"id": 1, "method": "cache.clear"}])
-    assert replies == [{"id": 1, "result": {"cleared": 1}}]
+            requests_as, USER, USERS, path, [{"id": 1, "method": "cache.clear"}])
+    if admin:
+        assert replies == [{"id": 1, "result": {"cleared": 1}}]
+    else:
+        assert replies[0]["error"]["code"] == FORBIDDEN
+        assert f"uid {USER} is not an admin" in replies[0]["error"]["message"]
 
 
 def test_group_membership_comes_from_the_user_database() -> None:
@@ -657,6 +669,10 @@ async def test_serves_a_socket_passed_by_systemd(tmp_path: Path) -> None:
     ({"path": Path("/run/x.sock"), "admin_group": "no-such-group-ogsd"},
      "admin_group: unknown group"),
     ({"path": Path("/run/" + "x" * 120)}, "socket path too long"),
+    ({"path": Path("/run/x.sock"), "admin_uids": [NOBODY]},
+     "admin_uids: 65534 is the overflow uid"),
+    ({"path": Path("/run/x.sock"), "admin_group": "nogroup"},
+     "admin_group: gid 65534 is the overflow gid"),
     ({"path": Path("/run/x.sock"), "max_clients": 0}, "max_clients must be positive"),
 ])
 def test_bad_configuration_is_named(options: Json, match: str) -> None:

@@ -284,6 +284,13 @@ def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path, text: str,
     ("[daemon]\ndebounce_s = 61\n", "[daemon] debounce_s = 61: must be between 0 and 60"),
     ("[daemon]\nadmin_uids = [-1]\n",
      "[daemon] admin_uids = [-1]: entries must be between 0 and 4294967294"),
+    ("[daemon]\nadmin_uids = [1000, 65534]\n",
+     "line 2: [daemon] admin_uids = [1000, 65534]: 65534 is the overflow uid (\"nobody\"): "
+     "every user a user namespace (PrivateUsers=yes) does not map appears as it, so it "
+     "would make everyone an admin"),
+    ('[daemon]\nadmin_group = "65534"\n',
+     'line 2: [daemon] admin_group = "65534": is the overflow gid ("nogroup"): it would '
+     "make everyone an admin"),
     ("[daemon]\nmax_clients = 0\n", "[daemon] max_clients = 0: must be between 1 and 1024"),
     ("[daemon]\nrequest_max_bytes = 10\n", "[daemon] request_max_bytes = 10: must be between"),
     ("[daemon]\nidle_timeout_s = 0\n", "[daemon] idle_timeout_s = 0: must be greater than 0"),

@@ -154,6 +154,13 @@ def test_units_agree_with_each_other_and_the_layout() -> None:
     assert any(line.split()[:2] == ["u", "ogsd"] for line in sysusers)
 
 
+def test_no_private_user_namespace_so_admin_uids_can_match() -> None:
+    """Issue 8: under PrivateUsers=yes every other user's SO_PEERCRED uid is 65534, and
+    admin_uids/admin_group never match (tests/test_userns.py runs ogsd so)."""
+    svc = parse_unit(SYSTEMD_DIR / "ogsd.service")["Service"]
+    assert svc.get("PrivateUsers", ["no"])[-1] in ("no", "false", "0")
+
+
 def test_user_unit_layout() -> None:
     svc = parse_unit(SYSTEMD_DIR / "user" / "ogsd.service")["Service"]
     assert svc["Type"] == ["notify"]
