@@ -132,7 +132,8 @@ class Handler(Protocol):
         """`notify.resume`: the machine woke up. {"message"}."""
 
     async def reload(self) -> Json:
-        """`reload`: re-read config and profiles. {"message"}."""
+        """`reload`: re-read config and profiles and apply them. {"message", "changed":
+        [key], "restart_needed": [key]} (keys as in ogsd.toml)."""
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Json]]:
         """`watch`: decisions published from entry on; `DecisionFeed.subscribe` fits."""
@@ -387,28 +388,42 @@ class ApiServer:
         if path is not None and len(os.fsencode(path)) > SUN_PATH_MAX:
             raise ValueError(f"socket path too long ({len(os.fsencode(path))} bytes, "
                              f"max {SUN_PATH_MAX}): {path}")
-        for label, value in (("max_clients", max_clients),
-                             ("request_max_bytes", request_max_bytes),
-                             ("idle_timeout", idle_timeout),
-                             ("request_timeout", request_timeout)):
-            if value <= 0:
-                raise ValueError(f"{label} must be positive, got {value}")
+        if request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, got {request_timeout}")
         self._handler = handler
         self._path = path
         self._sock = sock
         self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
-        self._admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
-        if problem := userns.admin_problem(admin_uids, self._admin_gid,
+        self._request_timeout = request_timeout
+        self._clients = 0
+        self._generation = 0  # of the admin settings; a connection re-checks when it moves
+        self.configure(admin_uids=admin_uids, admin_group=admin_group,
+                       max_clients=max_clients, request_max_bytes=request_max_bytes,
+                       idle_timeout=idle_timeout)
+
+    def configure(self, *, admin_uids: Collection[int] = (), admin_group: str | None = None,
+                  max_clients: int = 32, request_max_bytes: int = 65536,
+                  idle_timeout: float = 300.0) -> None:
+        """Who is an admin, and the limits; a reload calls it on the running server. Open
+        connections see the change at their next request. ValueError, and nothing
+        changed, if a value cannot be used."""
+        for label, value in (("max_clients", max_clients),
+                             ("request_max_bytes", request_max_bytes),
+                             ("idle_timeout", idle_timeout)):
+            if value <= 0:
+                raise ValueError(f"{label} must be positive, got {value}")
+        admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
+        if problem := userns.admin_problem(admin_uids, admin_gid,
                                            uid_map=userns.read_map("uid"),
                                            gid_map=userns.read_map("gid")):
             raise ValueError(problem)
+        self._admin_gid = admin_gid
         # Never the overflow uid, even as ours (ogsd run as nobody): everyone looks like it.
         self._admin_uids = frozenset({0, os.getuid(), *admin_uids}) - {userns.OVERFLOW_ID}
         self._max_clients = max_clients
         self._max_bytes = request_max_bytes
         self._idle_timeout = idle_timeout
-        self._request_timeout = request_timeout
-        self._clients = 0
+        self._generation += 1
 
     @property
     def clients(self) -> int:
@@ -496,7 +511,8 @@ class ApiServer:
 
     async def _converse(self, stream: SocketStream, peer: Peer) -> None:
         reader = BufferedByteReceiveStream(stream)
-        admin: bool | None = None  # looked up once, on the first write request
+        # Looked up on the first write request, again only if the settings change.
+        admin: tuple[int, bool] | None = None
         while True:
             try:
                 with anyio.fail_after(self._idle_timeout):
@@ -528,9 +544,9 @@ class ApiServer:
                 await self._send(stream, _error(req_id, exc.code, exc.message))
                 continue
             if method.write:
-                if admin is None:
-                    admin = await self._is_admin(peer)
-                if not admin:
+                if admin is None or admin[0] != self._generation:
+                    admin = (self._generation, await self._is_admin(peer))
+                if not admin[1]:
                     log.warning("api request forbidden", method=name, uid=peer.uid,
                                 pid=peer.pid)
                     await self._send(stream, _error(

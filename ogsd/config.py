@@ -7,6 +7,7 @@ whose message names the file, the line where known, the table and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -106,6 +107,28 @@ class Config:
     resolv_conf: Path | None  # None: automatic (ogsd.dnsenv looks past resolved's stub)
     sources: tuple[Path, ...]  # files read: ogsd.toml first, then each profile
     warnings: tuple[str, ...]
+
+
+# What a running daemon cannot change on reload: the socket exists, with its group.
+RESTART_KEYS = frozenset({"[daemon] socket_group"})
+# Field names that differ from their ogsd.toml key.
+_KEYS = {"period": "period_minutes", "debounce": "debounce_s", "idle_timeout": "idle_timeout_s",
+         "suspend_time": "suspend_time_hours", "cache_lifetime": "cache_lifetime_days",
+         "round_deadline": "round_deadline_s", "probe_timeout": "probe_timeout_s",
+         "proxy_mode": "proxy", "resume_network_wait": "resume_network_wait_s"}
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """The settings whose effective value differs, named as in ogsd.toml (a profile's
+    value shows as the ogsd.toml key it stands for; gateways as "gateways")."""
+    changed = ["gateways"] if old.gateways != new.gateways else []
+    for table, before, after in (("ogs", old.settings, new.settings),
+                                 ("daemon", old.daemon, new.daemon)):
+        changed += [f"[{table}] {_KEYS.get(f.name, f.name)}" for f in dataclasses.fields(before)
+                    if f.compare and getattr(before, f.name) != getattr(after, f.name)]
+    if old.resolv_conf != new.resolv_conf:
+        changed.append("[dns] resolv_conf")
+    return changed
 
 
 def _show(value: Any) -> str:

@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 
 from ogsd import api
 from ogsd.address import split_address
-from ogsd.config import Config, ConfigError
+from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location
 from ogsd.core.triggers import Trigger
@@ -38,7 +38,7 @@ from ogsd.engine import Engine
 from ogsd.location import Sources
 from ogsd.netenv import NetEnvResult, network_environment_test
 from ogsd.netstate import NetState
-from ogsd.netwatch import NetSnapshot, NetWatcher, NetworkChange
+from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
 from ogsd.resolved import ResolvedClient
 from ogsd.resume import PendingResume, ResumeWaiter
 from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
@@ -53,6 +53,8 @@ Clock = Callable[[], datetime]
 # A watcher that crashes is restarted after this, doubling up to the maximum.
 RESTART_BACKOFF_S = (1.0, 60.0)
 UPLINK_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
+# A new watcher is up once its first routing dump is in (one dump, one retry at most here).
+NET_RESTART_WAIT_S = 2 * DUMP_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,10 @@ class Daemon:
         self.resume = ResumeWaiter(self._resume_test, self._resume_decide,
                                    max_wait=config.daemon.resume_network_wait.total_seconds())
         self._resuming: datetime | None = None  # sleep record of the resume being handled
+        self._server: api.ApiServer | None = None
+        self._net_scope: anyio.CancelScope | None = None  # cancelled: a new watcher starts
+        self._net_started = anyio.Event()  # set once the current watcher watches
+        self._rearm = anyio.Event()  # set: the periodic timer re-reads its settings
         self.rounds = 0  # evaluations finished (tests and status read it)
 
     # --- lifecycle ---------------------------------------------------------------
@@ -117,7 +123,7 @@ class Daemon:
         previous = await anyio.to_thread.run_sync(self.store.decisions, 1)
         self.decision = previous[0] if previous else None
         await self._observe()
-        server = self._api_server()
+        server = self._server = self._api_server()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
@@ -131,8 +137,7 @@ class Daemon:
                     tg.start_soon(self._supervise, "network", self._watch_network)
                 if self.options.watch_sleep:
                     tg.start_soon(self._supervise, "sleep", self._watch_sleep)
-                if self.config.daemon.continuous:
-                    tg.start_soon(self._periodic)
+                tg.start_soon(self._periodic)  # idle unless continuous
                 self.notifier.ready(status=self._status_line())
                 log.info("ogsd ready", socket=str(self.options.socket_path or "LISTEN_FDS"),
                          gateways=[g.host for g in self.config.gateways])
@@ -250,15 +255,23 @@ class Daemon:
             await self.submit(Trigger.EVALUATE)
 
     async def _periodic(self) -> None:
-        d = self.config.daemon
+        """Continuous mode's timer; a reload that changes its settings re-arms it."""
         while True:
+            rearm = self._rearm = anyio.Event()
+            d = self.config.daemon
+            if not d.continuous:
+                await rearm.wait()
+                continue
             period = d.period.total_seconds()
             delay = period * (1 + random.uniform(-d.period_jitter, d.period_jitter))  # noqa: S311
             expiry = await self._next_expiry()
             if expiry is not None:
                 delay = min(delay, max(1.0, (expiry - self.clock()).total_seconds()))
-            await anyio.sleep(delay)
-            await self.submit(Trigger.PERIODIC)
+            log.info("next periodic evaluation", in_s=round(delay, 1))
+            with anyio.move_on_after(delay):
+                await rearm.wait()
+            if not rearm.is_set():
+                await self.submit(Trigger.PERIODIC)
 
     async def _next_expiry(self) -> datetime | None:
         """When the current location's cache entry stops being valid, if it has one."""
@@ -370,6 +383,15 @@ class Daemon:
             connected_uplink_gateway=None, last_disconnect_at=self.clock())
 
     async def _watch_network(self) -> None:
+        """The network watcher; a reload that changes what it watches starts a new one."""
+        while True:
+            scope = self._net_scope = anyio.CancelScope()
+            with scope:
+                await self._run_net_watcher()
+            if not scope.cancelled_caught:
+                return
+
+    async def _run_net_watcher(self) -> None:
         files = [self.config.resolv_conf or Path("/etc/resolv.conf"), UPLINK_RESOLV_CONF]
         watcher = NetWatcher(debounce=self.config.daemon.debounce.total_seconds(),
                              netns=self.options.netns, watch_files=files,
@@ -378,7 +400,8 @@ class Daemon:
         send, recv = anyio.create_memory_object_stream[NetworkChange](16)
         # Both ends closed on the way out (a restart by _supervise makes a new pair).
         async with send, recv, anyio.create_task_group() as tg:
-            tg.start_soon(watcher.run, send)
+            await tg.start(watcher.run, send)
+            self._net_started.set()
             async for change in recv:
                 await self._network_changed(change)
 
@@ -565,9 +588,19 @@ class Daemon:
         return {"message": await self._resumed(None)}
 
     async def reload(self) -> Json:
+        """Apply every setting of the files now, or name those that need a restart."""
         self.notifier.reloading()
         try:
             config = await anyio.to_thread.run_sync(self._load_config)
+            d = config.daemon
+            if self._server is not None:  # admins and limits: checked before anything moves
+                try:
+                    self._server.configure(
+                        admin_uids=d.admin_uids, admin_group=d.admin_group,
+                        max_clients=d.max_clients, request_max_bytes=d.request_max_bytes,
+                        idle_timeout=d.idle_timeout.total_seconds())
+                except ValueError as exc:
+                    raise ConfigError(f"[daemon] {exc}") from None
         except ConfigError as exc:
             self.notifier.ready(status=self._status_line())
             raise api.ApiError(api.BAD_PARAMS, f"reload failed, old configuration kept: "
@@ -576,15 +609,37 @@ class Daemon:
         self.engine.config = config
         self.resume.max_wait = config.daemon.resume_network_wait.total_seconds()
         self.net.sources = dataclasses.replace(self.net.sources, resolv_conf=config.resolv_conf)
+        changed = changed_keys(old, config)
+        later = sorted(RESTART_KEYS.intersection(changed))
+        if {"[daemon] continuous", "[daemon] period_minutes", "[daemon] period_jitter",
+                "[ogs] cache_lifetime_days"}.intersection(changed):
+            self._rearm.set()
+        if self._net_scope is not None and {"[daemon] debounce_s",
+                                            "[dns] resolv_conf"}.intersection(changed):
+            # READY=1 means the new settings hold: a file changed after it is seen.
+            started = self._net_started = anyio.Event()
+            self._net_scope.cancel()
+            with anyio.move_on_after(NET_RESTART_WAIT_S) as waited:
+                await started.wait()
+            if waited.cancelled_caught:
+                log.warning("network watcher not restarted yet", waited_s=NET_RESTART_WAIT_S)
+        for warning in config.warnings:
+            log.warning(warning)
         self.notifier.ready(status=self._status_line())
-        log.info("configuration reloaded", gateways=[g.host for g in config.gateways])
+        log.info("configuration reloaded", changed=changed,
+                 gateways=[g.host for g in config.gateways])
+        if later:
+            log.warning("settings not applied until ogsd restarts", settings=later)
         if await self._observe():
             await self.submit(Trigger.LOCATION)
         elif (config.gateways, config.settings) != (old.gateways, old.settings):
             # The decision published may name a gateway just removed: decide again (the
             # cache answers unless the change needs probes, see core.cache.fit_to_gateways).
             await self.submit(Trigger.EVALUATE)
-        return {"message": "configuration reloaded"}
+        message = "configuration reloaded"
+        if later:
+            message += f"; not applied until ogsd restarts: {', '.join(later)}"
+        return {"message": message, "changed": changed, "restart_needed": later}
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[Json]]:
         return self.feed.subscribe()

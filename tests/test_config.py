@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.config import DEFAULT_PROFILE_DIRS, Config, ConfigError, DaemonConfig, load_config
+from ogsd.config import (
+    DEFAULT_PROFILE_DIRS,
+    Config,
+    ConfigError,
+    DaemonConfig,
+    changed_keys,
+    load_config,
+)
 from ogsd.core.models import Gateway, Metric
 from ogsd.core.settings import Settings
 
@@ -414,3 +421,21 @@ def test_gateway_in_toml_and_profile_under_two_spellings_is_one(tmp_path: Path) 
     assert config.gateways[0].name == "Mine"
     assert config.warnings == (f"{SAMPLE}: gateway vpn-tyo.example.com is also a [[gateway]] "
                                f"in {tmp_path / 'ogsd.toml'}; keeping that one",)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ("", []),
+    ("[daemon]\nperiod_minutes = 5\ndebounce_s = 1\nresume_network_wait_s = 60\n",
+     ["[daemon] period_minutes", "[daemon] debounce_s", "[daemon] resume_network_wait_s"]),
+    ('[daemon]\nadmin_uids = [1000]\nsocket_group = "x"\nidle_timeout_s = 9\n',
+     ["[daemon] admin_uids", "[daemon] socket_group", "[daemon] idle_timeout_s"]),
+    ("[ogs]\nenabled = false\ncache_lifetime_days = 1\nproxy = \"static\"\n",
+     ["[ogs] enabled", "[ogs] cache_lifetime_days", "[ogs] proxy"]),
+    ('[dns]\nresolv_conf = "/etc/resolv.conf"\n', ["[dns] resolv_conf"]),
+    ('[[gateway]]\nhost = "another.example.com"\n', ["gateways"]),
+])
+def test_changed_keys_are_named_as_in_the_file(tmp_path: Path, edit: str,
+                                               expected: list[str]) -> None:
+    before = load_toml(tmp_path, ONE_GATEWAY)
+    after = load_toml(tmp_path, ONE_GATEWAY + edit)
+    assert changed_keys(before, after) == expected

@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
@@ -29,6 +30,7 @@ import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
+from ogsd.api import BUSY, FORBIDDEN
 from ogsd.config import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
 from ogsd.ctl import Connection
@@ -55,6 +57,7 @@ from tests.daemon_helpers import (
 from tests.dnsserver import DnsServer
 from tests.fakelogind import FakeLogind, Inhibitor
 from tests.lab_fixtures import LabFactory
+from tests.test_api import requests_as
 from tests.tlsserver import LoopbackServer
 
 FAST, SLOW = "127.0.0.21", "127.0.0.22"
@@ -438,6 +441,26 @@ async def test_reload_never_serves_a_removed_gateway_from_the_cache(
         assert fast.connections > seen[0]
 
 
+@pytest.mark.anyio
+async def test_reload_refuses_admins_it_cannot_use_and_keeps_the_old_ones(setup: Setup) -> None:
+    options = setup.options(watch_network=False, watch_sleep=False)
+    base = setup.config.read_text()
+    async with (running_daemon(options, setup.config, FakeClock()) as (daemon, decisions),
+                api_client(setup.socket) as client):
+        await decisions.next()
+        for bad, problem in (('admin_group = "no-such-group-ogsd"',
+                              "[daemon] admin_group: unknown group 'no-such-group-ogsd'"),
+                             ("admin_uids = [65534]", "[daemon] admin_uids = [65534]: 65534 "
+                                                      "is the overflow uid")):
+            setup.config.write_text(base.replace("[daemon]\n", f"[daemon]\n{bad}\n"))
+            error = (await client.call("reload"))["error"]
+            assert error["code"] == -32602
+            assert error["message"].startswith("reload failed, old configuration kept: ")
+            assert problem in error["message"]
+        assert daemon.config.daemon.admin_group is None
+        assert daemon.config.daemon.admin_uids == ()
+
+
 # --- h, i: the socket API of the running daemon -------------------------------------------
 
 # A stdlib-only client for the system interpreter, run as nobody: one reply per request.
@@ -707,6 +730,97 @@ async def test_killed_during_sleep_decides_as_an_uninterrupted_daemon(
             assert plans[-1].startswith("resume after 5.0 h: probing"), plans
         events = [line.get("event") for line in restarted.log_lines()]
         assert "sleep recorded before start-up: handling it as a resume" in events
+
+
+# --- SIGHUP applies every setting, or says which need a restart (issue 8) ----------------
+
+HOST_USER = 4242  # a client uid with no passwd entry: an admin only if listed
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_sighup_applies_every_setting_or_says_which_need_a_restart(
+        ns: str, ns_servers: tuple[LoopbackServer, LoopbackServer, DnsServer]) -> None:
+    fast, slow, _ = ns_servers
+    directory = short_dir("ogsd-daemon-")
+    directory.chmod(0o755)  # the other user reaches the socket (root's group, 0660)
+    setup = make_setup(directory, (fast, slow))
+    base = setup.config.read_text()
+    sock = setup.socket
+    resume = {"id": 1, "method": "notify.resume"}  # a write that changes nothing here
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        notify = stack.enter_context(NotifySocket(directory / "notify"))
+        proc = DaemonProcess(
+            config=setup.config, state=setup.state, socket_path=sock, log=directory / "log",
+            env={"NOTIFY_SOCKET": str(notify.path), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS},
+            prefix=["ip", "netns", "exec", ns])
+        stack.callback(proc.stop)
+        await started(notify, sock)
+
+        async def sighup(text: str) -> None:
+            setup.config.write_text(text)
+            proc.signal(signal.SIGHUP)
+            await notify.aexpect("RELOADING=1")
+            await notify.aexpect("READY=1")
+
+        def as_user(uid: int) -> list[dict[str, Any]]:
+            return requests_as(uid, 0, sock, [resume])
+
+        # Admins and the API's limits.
+        assert (await anyio.to_thread.run_sync(as_user, HOST_USER))[0]["error"]["code"] == \
+            FORBIDDEN
+        await sighup(base.replace("[daemon]\n", f"[daemon]\nadmin_uids = [{HOST_USER}]\n"
+                                                 "max_clients = 2\n"))
+        allowed = await anyio.to_thread.run_sync(as_user, HOST_USER)
+        assert allowed == [{"id": 1, "result": {"message": "resume already handled"}}]
+        async with api_client(sock) as one, api_client(sock) as two, \
+                api_client(sock) as three:
+            await one.result("status")
+            await two.result("status")  # both counted: the limit is reached
+            busy = (await three.receive())["error"]  # told at once, then closed
+        assert busy["code"] == BUSY
+        assert "max_clients=2" in busy["message"]
+
+        # The periodic timer: off, then on with a cache lifetime of 3.5 s to wake it.
+        async with watching(sock) as decisions:
+            await sighup(base.replace("continuous = false", "continuous = true\n"
+                                      "period_minutes = 1").replace(
+                "[ogs]\n", "[ogs]\ncache_lifetime_days = 0.00004\n"))
+            periodic = await decisions.next(skip=lambda d: d["trigger"] != "periodic")
+        assert periodic["source"] == "probes"
+
+        # Debounce and resolv_conf: the new file is watched, the old one is not.
+        other = directory / "resolv-b.conf"
+        write_resolv(other, "b.example", [DNS])
+        async with watching(sock) as decisions:
+            await sighup(base.replace(str(setup.resolv), str(other))
+                         .replace("debounce_s = 0.3", "debounce_s = 2"))
+            moved = await decisions.next(skip=lambda d: not keys(d)[0].startswith("b."))
+            assert keys(moved) == [f"b.example|{DNS}"]
+            written = time.monotonic()
+            write_resolv(other, "c.example", [DNS])
+            again = await decisions.next(skip=lambda d: keys(d)[0].startswith("b."))
+            assert keys(again) == [f"c.example|{DNS}"]
+            assert time.monotonic() - written >= 1.9  # the new debounce, not 0.3 s
+            write_resolv(setup.resolv, "a2.example", [DNS])
+            await decisions.none_within(2.5)
+
+        # What cannot change under a running daemon is named, in the reply and the log.
+        setup.config.write_text(base.replace("[daemon]\n", '[daemon]\nsocket_group = "nogroup"\n'))
+        async with api_client(sock) as client:
+            reply = await client.result("reload")
+        assert reply["restart_needed"] == ["[daemon] socket_group"]
+        assert reply["message"] == ("configuration reloaded; not applied until ogsd restarts: "
+                                    "[daemon] socket_group")
+        assert sock.stat().st_gid == 0  # as it was
+        logs = proc.log_lines()
+    reloads = [line for line in logs if line.get("event") == "configuration reloaded"]
+    assert reloads[0]["changed"] == ["[daemon] admin_uids", "[daemon] max_clients"]
+    assert "[daemon] continuous" in reloads[1]["changed"]
+    later = [line for line in logs if line.get("event") == "settings not applied until ogsd "
+             "restarts"]
+    assert [line["settings"] for line in later] == [["[daemon] socket_group"]]
 
 
 # --- the whole thing in the network lab ----------------------------------------------------
