@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Row, create_engine, delete, event, select
 from sqlalchemy.dialects.sqlite import insert
@@ -56,6 +57,7 @@ __all__ = [
 
 EventSink = Callable[[str, dict[str, object]], None]
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=Callable[..., Any])
 
 # Bounded so the file stays small; 500 rounds is weeks of history at a few a day.
 DECISION_HISTORY_DEFAULT = 500
@@ -84,6 +86,10 @@ class StoreError(Exception):
 
 class _CorruptError(Exception):
     """The file is damaged or not a database."""
+
+
+class _RecoveredError(StoreError):
+    """The file went bad while open and was replaced by a new one: the call may be retried."""
 
 
 # --- file handling -------------------------------------------------------------------
@@ -138,7 +144,7 @@ def _read_version(path: Path) -> int:
     if header and header != _SQLITE_MAGIC:
         raise _CorruptError(f"file is not a database (header {header[:16]!r})")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+        con = sqlite3.connect(_read_only_uri(path), uri=True,
                               timeout=_BUSY_TIMEOUT_S, isolation_level=None)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path}: {exc}") from exc
@@ -165,6 +171,18 @@ def _read_version(path: Path) -> int:
         con.close()
 
 
+def _start_over(path: Path, now: datetime, error: str, on_event: EventSink | None) -> None:
+    """Move a corrupt file aside and create an empty one in its place."""
+    try:
+        moved = _move_aside(path, now)
+        _prepare(path)
+    except OSError as exc:
+        raise StoreError(f"{path} is corrupt ({error}) and cannot be moved aside: "
+                         f"{exc}") from exc
+    if on_event is not None:
+        on_event("store.recovered", {"path": str(path), "moved_to": str(moved), "error": error})
+
+
 def _move_aside(path: Path, now: datetime) -> Path:
     """Rename the file and its -wal/-shm to `<name>.corrupt-<UTC time>[-n]`; the new name."""
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -180,10 +198,32 @@ def _move_aside(path: Path, now: datetime) -> Path:
     return target
 
 
+def _read_only_media(path: Path) -> bool:
+    """Whether `path`'s file system is mounted read-only (as after disk errors)."""
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _immutable(path: Path) -> bool:
+    """On read-only media without a -wal (closed cleanly) SQLite cannot create the -shm
+    a WAL reader needs; `immutable` reads the file as it is, safe where nothing can
+    write. (With a -wal left, its -shm is there too and a plain read-only open works.)"""
+    wal = Path(f"{path}-wal")
+    return _read_only_media(path) and (not wal.exists() or wal.stat().st_size == 0)
+
+
+def _read_only_uri(path: Path) -> str:
+    return f"{path.resolve().as_uri()}?{'immutable=1' if _immutable(path) else 'mode=ro'}"
+
+
 def _make_engine(path: Path) -> Engine:
-    engine = create_engine(URL.create("sqlite", database=str(path)),
-                           connect_args={"check_same_thread": False,
-                                         "timeout": _BUSY_TIMEOUT_S})
+    connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": _BUSY_TIMEOUT_S}
+    url = URL.create("sqlite", database=str(path))
+    if _immutable(path):  # reads still answer; every write is a StoreError
+        url = URL.create("sqlite", database=_read_only_uri(path), query={"uri": "true"})
+    engine = create_engine(url, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -204,18 +244,39 @@ def _reason(exc: SQLAlchemyError) -> str:
     return str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
 
 
+def _is_corrupt(exc: SQLAlchemyError) -> bool:
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return (isinstance(orig, sqlite3.DatabaseError)
+            and orig.sqlite_errorcode & 0xFF in _CORRUPT_CODES)
+
+
+def _recovering(method: _M) -> _M:
+    """Run the call once more on the new file when the old one was found corrupt."""
+    @wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _RecoveredError:
+            return method(*args, **kwargs)
+    return cast(_M, call)
+
+
 # --- the store -----------------------------------------------------------------------
 
 
 class Store:
     """The SQLite store; every method may be called from any thread."""
 
-    def __init__(self, engine: Engine, path: Path, decision_limit: int) -> None:
+    def __init__(self, engine: Engine, path: Path, decision_limit: int,
+                 on_event: EventSink | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         """Use Store.open."""
         self._engine = engine
         self._path = path
         self._decision_limit = decision_limit
-        self._write_lock = threading.Lock()
+        self._on_event = on_event
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._write_lock = threading.RLock()  # recovery migrates the new file under it
         self._closed = False
 
     @classmethod
@@ -232,21 +293,14 @@ class Store:
             _prepare(path)
         except OSError as exc:
             raise StoreError(f"cannot create {path}: {exc}") from exc
+        clock = clock or (lambda: datetime.now(UTC))
         try:
             version = _inspect(path)
         except _CorruptError as exc:
-            try:
-                moved = _move_aside(path, (clock or (lambda: datetime.now(UTC)))())
-                _prepare(path)
-            except OSError as os_exc:
-                raise StoreError(f"{path} is corrupt ({exc}) and cannot be moved aside: "
-                                 f"{os_exc}") from os_exc
-            if on_event is not None:
-                on_event("store.recovered",
-                         {"path": str(path), "moved_to": str(moved), "error": str(exc)})
+            _start_over(path, clock(), str(exc), on_event)
             version = 0
         engine = _make_engine(path)
-        store = cls(engine, path, decision_limit)
+        store = cls(engine, path, decision_limit, on_event, clock)
         try:
             store._migrate(version, on_event)
         except BaseException:
@@ -268,6 +322,18 @@ class Store:
             on_event("store.migrated", {"path": str(self._path), "from": start,
                                         "to": schema.SCHEMA_VERSION})
 
+    def _recover(self, failed: Engine, action: str, exc: SQLAlchemyError) -> StoreError:
+        """The open file went bad: set it aside and start a new one, as `open` does."""
+        reason = _reason(exc)
+        with self._write_lock:
+            if self._engine is failed:  # not already done by another thread
+                failed.dispose()
+                _start_over(self._path, self._clock(), reason, self._on_event)
+                self._engine = _make_engine(self._path)
+                self._migrate(0, None)
+        return _RecoveredError(f"cannot {action} in {self._path}: {reason} (the file was "
+                               "moved aside and a new one started)")
+
     def close(self) -> None:
         """Close every connection; later calls fail with StoreError."""
         self._closed = True
@@ -287,26 +353,33 @@ class Store:
     def _read(self, action: str) -> Iterator[Connection]:
         if self._closed:
             raise StoreError(f"cannot {action}: the store is closed")
+        engine = self._engine
         try:
-            with self._engine.connect() as conn:
+            with engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
+            if _is_corrupt(exc):
+                raise self._recover(engine, action, exc) from exc
             raise StoreError(f"cannot {action} in {self._path}: {_reason(exc)}") from exc
 
     @contextmanager
     def _write(self, action: str) -> Iterator[Connection]:
         if self._closed:
             raise StoreError(f"cannot {action}: the store is closed")
+        engine = self._engine
         try:
             with (self._write_lock,
-                  self._engine.connect().execution_options(**{_BEGIN: "BEGIN IMMEDIATE"})
+                  engine.connect().execution_options(**{_BEGIN: "BEGIN IMMEDIATE"})
                   as conn, conn.begin()):
                 yield conn
         except SQLAlchemyError as exc:
+            if _is_corrupt(exc):
+                raise self._recover(engine, action, exc) from exc
             raise StoreError(f"cannot {action} in {self._path}: {_reason(exc)}") from exc
 
     # cache ---------------------------------------------------------------------------
 
+    @_recovering
     def find_entry(self, keys: Sequence[str]) -> CacheEntry | None:
         """The entry any of `keys` points to; the newest if several. Expiry is core's call."""
         if isinstance(keys, str):
@@ -321,6 +394,7 @@ class Store:
             row = conn.execute(query).first()
         return None if row is None else _decoded(schema.entry_from_row, row, "cache_entries")
 
+    @_recovering
     def save_entry(self, entry: CacheEntry) -> CacheEntry:
         """Store a new entry; each of its location's keys now points to it alone.
 
@@ -344,6 +418,7 @@ class Store:
             conn.execute(delete(entries).where(entries.c.id.not_in(select(links.c.entry_id))))
         return replace(entry, entry_id=int(entry_id))
 
+    @_recovering
     def list_entries(self) -> list[CacheEntry]:
         """Every cache entry, newest first."""
         entries = schema.cache_entries
@@ -352,11 +427,13 @@ class Store:
             rows = conn.execute(query).all()
         return [_decoded(schema.entry_from_row, row, "cache_entries") for row in rows]
 
+    @_recovering
     def clear_cache(self) -> int:
         """Delete every entry (and so every key); how many entries there were."""
         with self._write("clear the cache") as conn:
             return conn.execute(delete(schema.cache_entries)).rowcount
 
+    @_recovering
     def delete_expired(self, now: datetime) -> int:
         """Delete entries whose expiry is at or before `now`; how many."""
         try:
@@ -369,6 +446,7 @@ class Store:
 
     # decisions -----------------------------------------------------------------------
 
+    @_recovering
     def add_decision(self, decision: Decision) -> None:
         """Record a decision, dropping the oldest beyond the history limit."""
         try:
@@ -383,6 +461,7 @@ class Store:
             conn.execute(table.insert().values(values))
             conn.execute(delete(table).where(table.c.id < oldest_kept))
 
+    @_recovering
     def decisions(self, limit: int = 50) -> list[Decision]:
         """The latest recorded decisions, newest first."""
         if limit < 0:
@@ -394,16 +473,19 @@ class Store:
 
     # state ---------------------------------------------------------------------------
 
+    @_recovering
     def load_state(self) -> DaemonState:
         """The persisted daemon state; the defaults when none was saved."""
         with self._read("load the daemon state") as conn:
             return _state_of(conn)
 
+    @_recovering
     def save_state(self, state: DaemonState) -> None:
         """Replace the persisted daemon state in one transaction."""
         with self._write("save the daemon state") as conn:
             _put_state(conn, state)
 
+    @_recovering
     def update_state(self, **changes: Any) -> DaemonState:
         """Change some fields of the state atomically (read and write in one transaction),
         so concurrent updaters never overwrite each other's fields; returns the result."""

@@ -63,6 +63,20 @@ class FakeClock:
         self.now += span
 
 
+@dataclass
+class Setup:
+    """One daemon's files."""
+
+    dir: Path
+    resolv: Path
+    config: Path
+    state: Path
+    socket: Path
+
+    def options(self, **changes: Any) -> Options:
+        return Options(self.config, (), self.state, self.socket, **changes)
+
+
 def write_resolv(path: Path, domain: str, servers: Sequence[str]) -> None:
     """Replace `path` by rename, as DHCP clients and resolvconf do (a new inode)."""
     tmp = path.with_name(path.name + ".new")

@@ -10,7 +10,6 @@ real monotonic clock) for daemon subprocesses, which get real SIGKILL/SIGHUP/SIG
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -34,7 +33,6 @@ from ogsd.api import BUSY, FORBIDDEN
 from ogsd.config import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
 from ogsd.ctl import Connection
-from ogsd.daemon import Options
 from ogsd.lab import Lab, LabSpec
 from tests.daemon_helpers import (
     START_WAIT,
@@ -42,6 +40,7 @@ from tests.daemon_helpers import (
     DaemonProcess,
     FakeClock,
     NotifySocket,
+    Setup,
     api_client,
     faketime_env,
     in_netns,
@@ -75,18 +74,6 @@ TRANSCRIPT = Path("/tmp/ogsd-transcript.txt")
 def anyio_backend() -> tuple[str, dict[str, Any]]:
     """The daemon runs on uvloop."""
     return "asyncio", {"use_uvloop": True}
-
-
-@dataclasses.dataclass
-class Setup:
-    dir: Path
-    resolv: Path
-    config: Path
-    state: Path
-    socket: Path
-
-    def options(self, **changes: Any) -> Options:
-        return Options(self.config, (), self.state, self.socket, **changes)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from ogsd.store import (
     state_from_dict,
     state_to_dict,
 )
+from tests.fault_helpers import garble
 
 T0 = datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
 LIFETIME = timedelta(days=14)
@@ -505,6 +506,30 @@ def test_second_recovery_in_the_same_second_gets_its_own_name(db_path: Path) -> 
     store, events = open_recording(db_path)
     store.close()
     assert events[0][1]["moved_to"] == f"{db_path}.corrupt-20240501T100000Z-1"
+
+
+@pytest.mark.parametrize("call", ["read", "write"])
+def test_corruption_found_while_open_is_recovered_as_at_start_up(
+        db_path: Path, call: str) -> None:
+    store, events = open_recording(db_path)
+    with store:
+        store.save_entry(entry())
+        store.update_state(last_gateway="vpn-a.example")
+        damaged = garble(db_path)
+        # The call that meets the damage sets the file aside and is answered from a new one.
+        if call == "read":
+            assert store.load_state() == DaemonState()
+        else:
+            store.add_decision(decision(1))
+            assert store.decisions() == [decision(1)]
+        assert [name for name, _ in events] == ["store.recovered"]
+        moved = Path(str(events[0][1]["moved_to"]))
+        assert "not a database" in str(events[0][1]["error"])
+        assert moved.read_bytes() == damaged[""]
+        assert store.find_entry(HOME.keys) is None
+        store.save_entry(entry())  # and the new file takes writes
+    with Store.open(db_path) as reopened:
+        assert reopened.find_entry(HOME.keys) is not None
 
 
 def test_misuse_is_a_store_error(db_path: Path) -> None:
