@@ -17,11 +17,10 @@ import structlog
 
 from ogsd import logs
 from ogsd.config import Config, ConfigError, load_config
-from ogsd.core.models import Decision
 from ogsd.core.report import selection_table
 from ogsd.core.triggers import Trigger
 from ogsd.dnsenv import DnsConfigError, resolver_for
-from ogsd.engine import Engine, table_rows
+from ogsd.engine import Engine, Outcome, table_rows
 from ogsd.location import Sources
 from ogsd.netstate import NetState
 from ogsd.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
@@ -133,8 +132,14 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     with closing(store):
         engine = Engine(config, store, clock=clock, resolver=resolver)
         trigger = Trigger.FORCED if args.no_cache else Trigger.EVALUATE
-        decision = anyio.run(_evaluate_here, engine, trigger,
-                             backend_options={"use_uvloop": True})
+        outcome = anyio.run(_evaluate_here, engine, trigger,
+                            backend_options={"use_uvloop": True})
+        decision = outcome.decision
+        try:
+            for write in outcome.writes:
+                write.run()
+        except StoreError as exc:  # the decision stands; only its record is missing
+            print(f"ogsd: warning: decision not saved: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(decision_to_dict(decision)))
     else:
@@ -146,7 +151,7 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     return EXIT_OK if decision.selected is not None else EXIT_NONE
 
 
-async def _evaluate_here(engine: Engine, trigger: Trigger) -> Decision:
+async def _evaluate_here(engine: Engine, trigger: Trigger) -> Outcome:
     """One evaluation where we are: the physical location and path, VPN up or not."""
     resolved = ResolvedClient()
     try:
@@ -157,7 +162,7 @@ async def _evaluate_here(engine: Engine, trigger: Trigger) -> Decision:
         resolved.close()
     if view.reading is None:
         raise BadInput(view.error or "no DNS configuration")
-    return await engine.evaluate(trigger, view.reading.location, path=net.probe_path(state))
+    return await engine.decide(trigger, view.reading.location, path=net.probe_path(state))
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -34,11 +33,12 @@ from ogsd.core.models import DaemonState, Decision, Location
 from ogsd.core.triggers import Trigger
 from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
-from ogsd.engine import Engine
+from ogsd.engine import Engine, Write
 from ogsd.location import Sources
 from ogsd.netenv import NetEnvResult, network_environment_test
 from ogsd.netstate import NetState
 from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
+from ogsd.persist import RETRY_S, Persister
 from ogsd.resolved import ResolvedClient
 from ogsd.resume import PendingResume, ResumeWaiter
 from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
@@ -49,9 +49,15 @@ log = structlog.get_logger("ogsd.daemon")
 
 Json = dict[str, Any]
 Clock = Callable[[], datetime]
+_T = TypeVar("_T")
 
 # A watcher that crashes is restarted after this, doubling up to the maximum.
 RESTART_BACKOFF_S = (1.0, 60.0)
+# A watcher that ran this long before failing was healthy: its restart is quick again.
+HEALTHY_AFTER_S = 60.0
+# On the way out, the last attempt at unsaved writes gets this long (systemd's stop
+# timeout is far longer; a hung disk must not hold the shutdown past it).
+SHUTDOWN_SAVE_S = 3.0
 UPLINK_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
 # A new watcher is up once its first routing dump is in (one dump, one retry at most here).
 NET_RESTART_WAIT_S = 2 * DUMP_TIMEOUT
@@ -114,13 +120,18 @@ class Daemon:
         self._net_scope: anyio.CancelScope | None = None  # cancelled: a new watcher starts
         self._net_started = anyio.Event()  # set once the current watcher watches
         self._rearm = anyio.Event()  # set: the periodic timer re-reads its settings
+        self.persister = Persister(store)  # every write of ours goes through it
         self.rounds = 0  # evaluations finished (tests and status read it)
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation)."""
-        previous = await anyio.to_thread.run_sync(self.store.decisions, 1)
+        try:
+            previous = await anyio.to_thread.run_sync(self.store.decisions, 1)
+        except StoreError as exc:  # start anyway: the first round decides afresh
+            log.warning("cannot read the last decision", error=str(exc))
+            previous = []
         self.decision = previous[0] if previous else None
         await self._observe()
         server = self._server = self._api_server()
@@ -134,10 +145,10 @@ class Daemon:
                 if interval is not None:
                     tg.start_soon(watchdog_loop, self.notifier, interval)
                 if self.options.watch_network:
-                    tg.start_soon(self._supervise, "network", self._watch_network)
+                    tg.start_soon(supervise, "network", self._watch_network)
                 if self.options.watch_sleep:
-                    tg.start_soon(self._supervise, "sleep", self._watch_sleep)
-                tg.start_soon(self._periodic)  # idle unless continuous
+                    tg.start_soon(supervise, "sleep", self._watch_sleep)
+                tg.start_soon(supervise, "timer", self._periodic)  # idle unless continuous
                 self.notifier.ready(status=self._status_line())
                 log.info("ogsd ready", socket=str(self.options.socket_path or "LISTEN_FDS"),
                          gateways=[g.host for g in self.config.gateways])
@@ -146,6 +157,9 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.feed.close()
+            if self.persister.unsaved:  # decisions published but not yet on disk
+                with anyio.move_on_after(SHUTDOWN_SAVE_S, shield=True):
+                    await self.persister.save(())
             self._resolved.close()
             # Jobs queued but not run die with us; their streams must not outlive run().
             self._jobs_send.close()
@@ -184,19 +198,6 @@ class Daemon:
                 scope.cancel()
                 return
 
-    async def _supervise(self, name: str, run: Callable[[], Any]) -> None:
-        """Keep a watcher running: a crash is logged and retried, never fatal."""
-        delay, ceiling = RESTART_BACKOFF_S
-        while True:
-            try:
-                await run()
-                return
-            except Exception as exc:  # the daemon outlives any one watcher
-                log.error("watcher failed, restarting", watcher=name, error=repr(exc),
-                          retry_in_s=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, ceiling)
-
     # --- evaluations -------------------------------------------------------------
 
     async def submit(self, trigger: Trigger, *, slept: timedelta | None = None,
@@ -207,15 +208,17 @@ class Daemon:
 
     async def _worker(self) -> None:
         async for job in self._jobs_recv:
+            writes: Sequence[Write] = ()
             try:
                 # A fresh look: the routes decide how probes must travel (VPN or not).
                 await self._observe()
                 if self.location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
-                path = self.net.probe_path(await self._state())
-                job.decision = await self.engine.evaluate(
+                state = await self._state()
+                outcome = await self.engine.decide(
                     job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok,
-                    path=path)
+                    path=self.net.probe_path(state), state=state)
+                job.decision, writes = outcome.decision, outcome.writes
             except (DnsConfigError, StoreError, OSError) as exc:
                 job.error = str(exc)
                 log.error("evaluation failed", trigger=job.trigger.value, error=job.error)
@@ -230,6 +233,9 @@ class Daemon:
             finally:
                 self.rounds += 1
                 job.done.set()
+            # After publishing: a refusing disk costs memory across restarts, never the
+            # answer clients get now.
+            await self.persister.save(writes, RETRY_S)
 
     def _published(self, decision: Decision, trigger: Trigger) -> None:
         self.decision, self.trigger = decision, trigger
@@ -277,7 +283,11 @@ class Daemon:
         """When the current location's cache entry stops being valid, if it has one."""
         if self.location is None:
             return None
-        entry = await anyio.to_thread.run_sync(self.store.find_entry, self.location.keys)
+        try:
+            entry = await anyio.to_thread.run_sync(self.store.find_entry, self.location.keys)
+        except StoreError as exc:
+            log.warning("cannot read the cache expiry, waking on the period", error=str(exc))
+            return None
         if entry is None:
             return None
         return expiry(entry, self.config.settings.cache_lifetime)
@@ -285,11 +295,10 @@ class Daemon:
     # --- state -------------------------------------------------------------------
 
     async def _state(self) -> DaemonState:
-        return await anyio.to_thread.run_sync(self.store.load_state)
+        return await self.persister.state()
 
     async def _update_state(self, **changes: Any) -> DaemonState:
-        return await anyio.to_thread.run_sync(
-            functools.partial(self.store.update_state, **changes))
+        return await self.persister.update_state(**changes)
 
     # --- events ------------------------------------------------------------------
 
@@ -398,7 +407,7 @@ class Daemon:
                              gateways=list(self._gateways_by_address()))
         self._net_watcher = watcher
         send, recv = anyio.create_memory_object_stream[NetworkChange](16)
-        # Both ends closed on the way out (a restart by _supervise makes a new pair).
+        # Both ends closed on the way out (a restart by supervise makes a new pair).
         async with send, recv, anyio.create_task_group() as tg:
             await tg.start(watcher.run, send)
             self._net_started.set()
@@ -408,11 +417,13 @@ class Daemon:
     async def _network_changed(self, change: NetworkChange) -> None:
         log.info("network changed", reasons=list(change.reasons),
                  default_route=change.snapshot.default_v4 or change.snapshot.default_v6)
-        await self._observe(change.snapshot)
-        self.resume.poke()  # a resume waiting for the network tests it again
-        # Same location: the rules answer from the cache without probing; a new one
-        # probes. Either way one evaluation per debounced burst.
-        await self.submit(Trigger.LOCATION)
+        try:
+            await self._observe(change.snapshot)
+        finally:  # whatever reading the network met, the change itself is never dropped
+            self.resume.poke()  # a resume waiting for the network tests it again
+            # Same location: the rules answer from the cache without probing; a new one
+            # probes. Either way one evaluation per debounced burst.
+            await self.submit(Trigger.LOCATION)
 
     def _gateways_by_address(self) -> dict[str, str]:
         """Probed address -> gateway host, from the latest decision."""
@@ -543,11 +554,11 @@ class Daemon:
         return out
 
     async def cache_list(self) -> Json:
-        entries = await anyio.to_thread.run_sync(self.store.list_entries)
+        entries = await _stored(self.store.list_entries)
         return {"entries": [api.cache_entry_json(e) for e in entries]}
 
     async def cache_clear(self) -> Json:
-        cleared = await anyio.to_thread.run_sync(self.store.clear_cache)
+        cleared = await _stored(self.store.clear_cache)
         await self._update_state(cache_cleared_at=self.clock())
         await self.submit(Trigger.EVALUATE)
         log.info("cache cleared", entries=cleared)
@@ -651,6 +662,34 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _stored(call: Callable[[], _T]) -> _T:
+    """A store call an API request needs: a failure is that request's clear error."""
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except StoreError as exc:
+        raise api.ApiError(api.INTERNAL, f"state database: {exc}") from None
+
+
+async def supervise(name: str, run: Callable[[], Any], *,
+                    backoff: tuple[float, float] = RESTART_BACKOFF_S,
+                    healthy_after: float = HEALTHY_AFTER_S) -> None:
+    """Keep a watcher running: a crash is logged and retried, never fatal."""
+    first, ceiling = backoff
+    delay = first
+    while True:
+        started = anyio.current_time()
+        try:
+            await run()
+            return
+        except Exception as exc:  # the daemon outlives any one watcher
+            if anyio.current_time() - started >= healthy_after:
+                delay = first  # a failure after a healthy run is not part of a crash loop
+            log.error("watcher failed, restarting", watcher=name, error=repr(exc),
+                      retry_in_s=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, ceiling)
 
 
 def socket_activated() -> bool:

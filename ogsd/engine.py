@@ -2,15 +2,18 @@
 
 Shared by `ogsd evaluate` and the daemon. Owns no policy (that is `ogsd.core`); it
 fetches what the rules need, runs the round they ask for, and records the outcome.
+`decide` and the writes it returns are separate so the daemon can publish a decision
+before (and whether or not) the disk takes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import dns.asyncresolver
@@ -18,7 +21,7 @@ import structlog
 
 from ogsd.config import Config
 from ogsd.core.cache import entry_from_decision
-from ogsd.core.models import Decision, Location, Reason, Source
+from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.report import row_note, selection_table
 from ogsd.core.selection import (
     decide_from_cache,
@@ -29,11 +32,28 @@ from ogsd.core.selection import (
 )
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.probe import Resolver, probe_round
-from ogsd.store import Store
+from ogsd.store import Store, StoreError
 
 log = structlog.get_logger("ogsd.engine")
 
 Clock = Callable[[], datetime]
+_A = TypeVar("_A")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One store write an evaluation asks for; `run` is blocking (call it in a thread)."""
+
+    what: str
+    run: Callable[[], object]
+    state: Mapping[str, Any] | None = None  # the DaemonState fields it changes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    writes: tuple[Write, ...]  # in order: cache entry, decision history, state
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +93,32 @@ class Engine:
                        slept: timedelta | None = None, netenv_ok: bool = True,
                        path: ProbePath = DIRECT) -> Decision:
         """Decide for `location` as `trigger` requires, store and log the outcome."""
+        outcome = await self.decide(trigger, location, slept=slept, netenv_ok=netenv_ok,
+                                    path=path)
+        for write in outcome.writes:
+            await anyio.to_thread.run_sync(write.run)
+        return outcome.decision
+
+    async def decide(self, trigger: Trigger, location: Location, *,
+                     slept: timedelta | None = None, netenv_ok: bool = True,
+                     path: ProbePath = DIRECT, state: DaemonState | None = None) -> Outcome:
+        """Decide and log; the store writes that record it are returned, not done.
+
+        `state`: the daemon's (it may hold changes the disk has not taken); else stored.
+        """
         settings = self.config.settings
         gateways = self.config.gateways
         store = self.store
-        state = await anyio.to_thread.run_sync(store.load_state)
-        entry = await anyio.to_thread.run_sync(store.find_entry, location.keys)
+        if state is None:
+            state = await anyio.to_thread.run_sync(store.load_state)
+        entry = await _read(store.find_entry, location.keys, default=None, what="the cache")
         now = self.clock()
         p = plan(trigger, settings=settings, state=state, location=location, entry=entry,
                  now=now, slept=slept, netenv_ok=netenv_ok, gateways=gateways)
         log.info("evaluation planned", trigger=trigger.value, action=p.action.value,
                  why=p.text, domain=location.domain, servers=list(location.servers))
 
+        writes: list[Write] = []
         if p.action is Action.CACHE and p.entry is not None:
             log.info(p.text)
             decision = decide_from_cache(
@@ -98,8 +133,9 @@ class Engine:
         elif p.action is Action.KEEP or path.blocked is not None:
             text = p.text if p.action is Action.KEEP else f"{path.blocked}; previous selection kept"
             log.info(text)
-            decision = self._keep(await anyio.to_thread.run_sync(store.decisions, 1),
-                                  location, text, state.last_gateway, now)
+            previous: list[Decision] = await _read(store.decisions, 1, default=[],
+                                                   what="the last decision")
+            decision = self._keep(previous, location, text, state.last_gateway, now)
         else:
             outcome = await probe_round(
                 gateways, metric=settings.metric, probe_count=settings.probe_count,
@@ -128,17 +164,18 @@ class Engine:
                     dataclasses.replace(decision, order=failover_order(
                         measured[0], measured, gateways)),
                     settings.cache_lifetime)
-                await anyio.to_thread.run_sync(store.save_entry, cached)
+                writes.append(Write("cache entry", functools.partial(store.save_entry, cached)))
 
         self._log_table(decision)
-        await anyio.to_thread.run_sync(store.add_decision, decision)
+        writes.append(Write("decision", functools.partial(store.add_decision, decision)))
         # The fallback target is the gateway in use: while connected that is the
         # connection's (set when it is reported), otherwise the latest selection.
         if (decision.selected is not None and state.connected is None
                 and decision.selected != state.last_gateway):
-            await anyio.to_thread.run_sync(
-                functools.partial(store.update_state, last_gateway=decision.selected))
-        return decision
+            writes.append(Write("last gateway", functools.partial(
+                store.update_state, last_gateway=decision.selected),
+                state={"last_gateway": decision.selected}))
+        return Outcome(decision, tuple(writes))
 
     def _keep(self, previous: list[Decision], location: Location, text: str,
               last_gateway: str | None, now: datetime) -> Decision:
@@ -158,6 +195,15 @@ class Engine:
         rows = table_rows(decision)
         for line in selection_table(rows, decision.selected):
             log.info(line, source=decision.source.value, reason=decision.reason.value)
+
+
+async def _read(call: Callable[[_A], _T], arg: _A, *, default: _T, what: str) -> _T:
+    """A store read the decision can do without: an unreadable cache means probing."""
+    try:
+        return await anyio.to_thread.run_sync(call, arg)
+    except StoreError as exc:
+        log.warning(f"cannot read {what}, deciding without it", error=str(exc))
+        return default
 
 
 def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]:
