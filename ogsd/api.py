@@ -13,11 +13,13 @@ from __future__ import annotations
 import errno
 import grp
 import json
+import math
 import os
 import pwd
 import socket
 import stat
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -289,11 +291,19 @@ def _error(req_id: Any, code: int, message: str) -> Json:
     return {"id": req_id, "error": {"code": code, "message": message}}
 
 
+def _printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped, at most 100 long."""
+    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= 100 else shown[:97] + "..."
+
+
 def _validate(name: str, method: Method, params: Json) -> Json:
     """Params with defaults filled in, or ApiError(BAD_PARAMS) naming the problem."""
     unknown = sorted(set(params) - set(method.params))
     if unknown:
-        raise ApiError(BAD_PARAMS, f"{name}: unknown param(s): {', '.join(unknown)}")
+        # The client's text, escaped: an error is one line whatever it sent.
+        shown = ", ".join(_printable(u) for u in unknown)
+        raise ApiError(BAD_PARAMS, f"{name}: unknown param(s): {shown}")
     out: Json = {}
     for key, spec in method.params.items():
         if key not in params:
@@ -317,11 +327,24 @@ def _decode(line: bytes) -> Json:
     """The request object, or ApiError (the reply then has a null id)."""
     try:
         request = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise ApiError(PARSE_ERROR, "parse error: nested too deeply") from None
+    except ValueError as exc:  # bad JSON or UTF-8; also an integer of 4,300+ digits
         raise ApiError(PARSE_ERROR, f"parse error: {exc}") from None
     if not isinstance(request, dict):
         raise ApiError(INVALID_REQUEST, "invalid request: expected a JSON object")
     return request
+
+
+def _request_id(request: Json) -> Any:
+    """The id to echo: JSON-RPC's string, number or null; anything else is refused
+    (the reply carries it back, so it must be plain and encodable)."""
+    req_id = request.get("id")
+    if (req_id is None or isinstance(req_id, str)
+            or (isinstance(req_id, int) and not isinstance(req_id, bool))
+            or (isinstance(req_id, float) and math.isfinite(req_id))):
+        return req_id
+    raise ApiError(INVALID_REQUEST, "invalid request: 'id' must be a string, a number or null")
 
 
 def _resolve(request: Json) -> tuple[str, Method, Json]:
@@ -331,7 +354,7 @@ def _resolve(request: Json) -> tuple[str, Method, Json]:
         raise ApiError(INVALID_REQUEST, "invalid request: 'method' must be a string")
     method = METHODS.get(name)
     if method is None:
-        raise ApiError(UNKNOWN_METHOD, f"unknown method '{name}'")
+        raise ApiError(UNKNOWN_METHOD, f"unknown method '{_printable(name)}'")
     params = request.get("params", {})
     if params is None:
         params = {}
@@ -382,7 +405,8 @@ class ApiServer:
                  sock: socket.socket | None = None, socket_group: str | None = None,
                  admin_uids: Collection[int] = (), admin_group: str | None = None,
                  max_clients: int = 32, request_max_bytes: int = 65536,
-                 idle_timeout: float = 300.0, request_timeout: float = 60.0) -> None:
+                 idle_timeout: float = 300.0, request_timeout: float = 60.0,
+                 max_clients_per_uid: int | None = None, admin_reserved: int = 0) -> None:
         if (path is None) == (sock is None):
             raise ValueError("ApiServer needs exactly one of path= or sock=")
         if path is not None and len(os.fsencode(path)) > SUN_PATH_MAX:
@@ -396,14 +420,17 @@ class ApiServer:
         self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
         self._request_timeout = request_timeout
         self._clients = 0
+        self._per_uid: Counter[int] = Counter()  # connections being served, by uid
         self._generation = 0  # of the admin settings; a connection re-checks when it moves
         self.configure(admin_uids=admin_uids, admin_group=admin_group,
                        max_clients=max_clients, request_max_bytes=request_max_bytes,
-                       idle_timeout=idle_timeout)
+                       idle_timeout=idle_timeout, max_clients_per_uid=max_clients_per_uid,
+                       admin_reserved=admin_reserved)
 
     def configure(self, *, admin_uids: Collection[int] = (), admin_group: str | None = None,
                   max_clients: int = 32, request_max_bytes: int = 65536,
-                  idle_timeout: float = 300.0) -> None:
+                  idle_timeout: float = 300.0, max_clients_per_uid: int | None = None,
+                  admin_reserved: int = 0) -> None:
         """Who is an admin, and the limits; a reload calls it on the running server. Open
         connections see the change at their next request. ValueError, and nothing
         changed, if a value cannot be used."""
@@ -412,6 +439,10 @@ class ApiServer:
                              ("idle_timeout", idle_timeout)):
             if value <= 0:
                 raise ValueError(f"{label} must be positive, got {value}")
+        if max_clients_per_uid is not None and max_clients_per_uid <= 0:
+            raise ValueError(f"max_clients_per_uid must be positive, got {max_clients_per_uid}")
+        if admin_reserved < 0:
+            raise ValueError(f"admin_reserved must not be negative, got {admin_reserved}")
         admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
         if problem := userns.admin_problem(admin_uids, admin_gid,
                                            uid_map=userns.read_map("uid"),
@@ -421,6 +452,10 @@ class ApiServer:
         # Never the overflow uid, even as ours (ogsd run as nobody): everyone looks like it.
         self._admin_uids = frozenset({0, os.getuid(), *admin_uids}) - {userns.OVERFLOW_ID}
         self._max_clients = max_clients
+        # Non-admins: at most this many connections per uid (watch streams included), and
+        # never the last `admin_reserved` slots, so no reader can lock admins out.
+        self._max_per_uid = max_clients if max_clients_per_uid is None else max_clients_per_uid
+        self._admin_reserved = min(admin_reserved, max_clients - 1)  # one slot for anyone
         self._max_bytes = request_max_bytes
         self._idle_timeout = idle_timeout
         self._generation += 1
@@ -491,28 +526,50 @@ class ApiServer:
 
     async def _client(self, stream: SocketStream) -> None:
         async with stream:
-            if self._clients >= self._max_clients:
+            raw = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
+            try:
+                peer = peer_credentials(raw)
+                admin = await self._is_admin(peer)
+            except OSError:
+                return  # gone before we could ask who it was
+            refusal = self._refusal(peer, admin)
+            if refusal is not None:
+                log.warning("api client refused", uid=peer.uid, pid=peer.pid, reason=refusal)
                 with anyio.move_on_after(BUSY_SEND_TIMEOUT_S), suppress(_Hangup):
-                    await self._send(stream, _error(
-                        None, BUSY, f"busy: {self._clients} clients connected "
-                                    f"(max_clients={self._max_clients}); try again"))
+                    await self._send(stream, _error(None, BUSY, f"busy: {refusal}; try again"))
                 return
             self._clients += 1
+            self._per_uid[peer.uid] += 1
             try:
-                raw = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
-                peer = peer_credentials(raw)
-                await self._converse(stream, peer)
+                await self._converse(stream, peer, admin)
             except _Hangup:
                 pass
             except Exception:  # one client's failure must never stop the server
                 log.exception("api client failed")
             finally:
                 self._clients -= 1
+                self._per_uid[peer.uid] -= 1
+                if not self._per_uid[peer.uid]:
+                    del self._per_uid[peer.uid]
 
-    async def _converse(self, stream: SocketStream, peer: Peer) -> None:
+    def _refusal(self, peer: Peer, admin: bool) -> str | None:
+        """Why this connection may not have a slot now, or None."""
+        if admin:
+            if self._clients >= self._max_clients:
+                return f"{self._clients} clients connected (max_clients={self._max_clients})"
+            return None
+        if self._per_uid[peer.uid] >= self._max_per_uid:
+            return (f"uid {peer.uid} has {self._per_uid[peer.uid]} connections "
+                    f"(max_clients_per_uid={self._max_per_uid})")
+        if self._clients >= self._max_clients - self._admin_reserved:
+            return (f"{self._clients} clients connected (max_clients={self._max_clients}, "
+                    f"{self._admin_reserved} kept for admins)")
+        return None
+
+    async def _converse(self, stream: SocketStream, peer: Peer, admin: bool) -> None:
         reader = BufferedByteReceiveStream(stream)
-        # Looked up on the first write request, again only if the settings change.
-        admin: tuple[int, bool] | None = None
+        # Looked up when connected; again on a write request if the settings changed.
+        checked: tuple[int, bool] = (self._generation, admin)
         while True:
             try:
                 with anyio.fail_after(self._idle_timeout):
@@ -538,15 +595,15 @@ class ApiServer:
             req_id = None
             try:
                 request = _decode(line)
-                req_id = request.get("id")
+                req_id = _request_id(request)
                 name, method, params = _resolve(request)
             except ApiError as exc:
                 await self._send(stream, _error(req_id, exc.code, exc.message))
                 continue
             if method.write:
-                if admin is None or admin[0] != self._generation:
-                    admin = (self._generation, await self._is_admin(peer))
-                if not admin[1]:
+                if checked[0] != self._generation:
+                    checked = (self._generation, await self._is_admin(peer))
+                if not checked[1]:
                     log.warning("api request forbidden", method=name, uid=peer.uid,
                                 pid=peer.pid)
                     await self._send(stream, _error(

@@ -66,8 +66,9 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "gateway": ("host", "name", "user_group", "backups", "load_balancing",
                 "primary_protocol", "port"),
     "daemon": ("continuous", "period_minutes", "period_jitter", "debounce_s", "admin_group",
-               "admin_uids", "socket_group", "max_clients", "request_max_bytes",
-               "idle_timeout_s", "resume_network_wait_s"),
+               "admin_uids", "socket_group", "max_clients", "max_clients_per_uid",
+               "admin_reserved_clients", "request_max_bytes", "idle_timeout_s",
+               "resume_network_wait_s"),
     "dns": ("resolv_conf",),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
@@ -91,6 +92,10 @@ class DaemonConfig:
     admin_uids: tuple[int, ...] = ()
     socket_group: str | None = None
     max_clients: int = 32
+    # One user's readers (a `watch` never times out) cannot take every slot, and the
+    # sleep hook (root) always finds one: 8 is several terminals' worth of ogsctl watch.
+    max_clients_per_uid: int = 8
+    admin_reserved_clients: int = 2  # the sleep hook and an admin's ogsctl at once
     request_max_bytes: int = 65536
     idle_timeout: timedelta = timedelta(seconds=300)
     # How long a resume waits for the network-environment test to pass (ogsd.resume).
@@ -396,6 +401,7 @@ def _admin_uids(table: _Table) -> tuple[int, ...]:
 
 
 def _daemon(table: _Table) -> DaemonConfig:
+    max_clients = table.integer("max_clients", 32, *MAX_CLIENTS_RANGE)
     return DaemonConfig(
         continuous=table.boolean("continuous", True),
         period=timedelta(minutes=table.number("period_minutes", 30.0, 1.0,
@@ -405,7 +411,12 @@ def _daemon(table: _Table) -> DaemonConfig:
         admin_group=table.string("admin_group", None),
         admin_uids=_admin_uids(table),
         socket_group=table.string("socket_group", None),
-        max_clients=table.integer("max_clients", 32, *MAX_CLIENTS_RANGE),
+        max_clients=max_clients,
+        max_clients_per_uid=table.integer("max_clients_per_uid", 8, *MAX_CLIENTS_RANGE),
+        # Unset, the default applies as far as max_clients allows (the API server caps it),
+        # so lowering max_clients alone is no error and changes nothing else.
+        admin_reserved_clients=table.integer("admin_reserved_clients", 2, 0, max_clients - 1)
+        if "admin_reserved_clients" in table.data else DaemonConfig.admin_reserved_clients,
         request_max_bytes=table.integer("request_max_bytes", 65536, *REQUEST_MAX_BYTES_RANGE),
         idle_timeout=timedelta(seconds=table.number("idle_timeout_s", 300.0, 0.0,
                                                     MAX_IDLE_TIMEOUT_S, lo_open=True)),

@@ -178,7 +178,8 @@ class Daemon:
             return api.ApiServer(
                 self, path=self.options.socket_path, sock=sock, socket_group=d.socket_group,
                 admin_uids=d.admin_uids, admin_group=d.admin_group,
-                max_clients=d.max_clients, request_max_bytes=d.request_max_bytes,
+                max_clients=d.max_clients, max_clients_per_uid=d.max_clients_per_uid,
+                admin_reserved=d.admin_reserved_clients, request_max_bytes=d.request_max_bytes,
                 idle_timeout=d.idle_timeout.total_seconds())
         except ValueError as exc:  # an unknown group, admins that cannot match: one line
             raise ConfigError(f"[daemon] {exc}") from None
@@ -608,7 +609,9 @@ class Daemon:
                 try:
                     self._server.configure(
                         admin_uids=d.admin_uids, admin_group=d.admin_group,
-                        max_clients=d.max_clients, request_max_bytes=d.request_max_bytes,
+                        max_clients=d.max_clients, max_clients_per_uid=d.max_clients_per_uid,
+                        admin_reserved=d.admin_reserved_clients,
+                        request_max_bytes=d.request_max_bytes,
                         idle_timeout=d.idle_timeout.total_seconds())
                 except ValueError as exc:
                     raise ConfigError(f"[daemon] {exc}") from None

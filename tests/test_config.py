@@ -148,6 +148,8 @@ admin_group = "netdev"
 admin_uids = [0, 1000]
 socket_group = "ogsd"
 max_clients = 4
+max_clients_per_uid = 3
+admin_reserved_clients = 1
 request_max_bytes = 4096
 idle_timeout_s = 0.5
 [dns]
@@ -167,8 +169,8 @@ resolv_conf = "resolv.conf"
     assert config.daemon == DaemonConfig(
         continuous=False, period=timedelta(minutes=1), period_jitter=0.5,
         debounce=timedelta(0), admin_group="netdev", admin_uids=(0, 1000),
-        socket_group="ogsd", max_clients=4, request_max_bytes=4096,
-        idle_timeout=timedelta(seconds=0.5))
+        socket_group="ogsd", max_clients=4, max_clients_per_uid=3, admin_reserved_clients=1,
+        request_max_bytes=4096, idle_timeout=timedelta(seconds=0.5))
     assert config.resolv_conf == tmp_path / "resolv.conf"
     assert config.warnings == ()
 
@@ -299,6 +301,9 @@ def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path, text: str,
      'line 2: [daemon] admin_group = "65534": is the overflow gid ("nogroup"): it would '
      "make everyone an admin"),
     ("[daemon]\nmax_clients = 0\n", "[daemon] max_clients = 0: must be between 1 and 1024"),
+    ("[daemon]\nmax_clients = 4\nadmin_reserved_clients = 4\n",
+     "line 3: [daemon] admin_reserved_clients = 4: must be between 0 and 3"),
+    ("[daemon]\nmax_clients_per_uid = 0\n", "[daemon] max_clients_per_uid = 0: must be between"),
     ("[daemon]\nrequest_max_bytes = 10\n", "[daemon] request_max_bytes = 10: must be between"),
     ("[daemon]\nidle_timeout_s = 0\n", "[daemon] idle_timeout_s = 0: must be greater than 0"),
     ('[[gateway]]\nhost = "a.example.com"\nport = 0\n',
