@@ -15,6 +15,7 @@ and sync code alike.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import select
@@ -52,12 +53,17 @@ class DnsServer:
         port: int = 0,
         drop_a_for_ip_literal: bool = False,
         silent: bool = False,
+        delay: float = 0.0,
+        servfail: Sequence[str] = (),
     ) -> None:
         self._records = {_canonical(k): tuple(v) for k, v in (records or {}).items()}
+        self.delay = delay  # every answer this late (a very slow server)
+        self.servfail = {_canonical(n) for n in servfail}  # names answered SERVFAIL
         # CSCti20768: some resolvers silently drop type-A queries whose name is an IP.
         self.drop_a_for_ip_literal = drop_a_for_ip_literal
         self.silent = silent  # receive and count, never answer: a black-holed server
         self._lock = threading.Lock()
+        self._queried = threading.Condition(self._lock)
         self._counts: Counter[str] = Counter()
         self._queries: list[tuple[str, str]] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -84,6 +90,19 @@ class DnsServer:
         if self._thread.is_alive():
             raise RuntimeError("test DNS server thread did not stop")
 
+    def set_records(self, name: str, values: Sequence[str] | None) -> None:
+        """Change what `name` answers from now on (None: the name is gone, NXDOMAIN)."""
+        with self._lock:
+            if values is None:
+                self._records.pop(_canonical(name), None)
+            else:
+                self._records[_canonical(name)] = tuple(values)
+
+    def wait_queries(self, count: int, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Wait until at least `count` queries were received."""
+        with self._queried:
+            return self._queried.wait_for(lambda: len(self._queries) >= count, timeout)
+
     def count(self, rdtype: str | None = None) -> int:
         """Queries received (of one type name like "PTR", or all)."""
         with self._lock:
@@ -102,8 +121,18 @@ class DnsServer:
                 return
             data, peer = self._sock.recvfrom(65535)
             reply = self._handle(data)
-            if reply is not None:
+            if reply is None:
+                continue
+            if self.delay:  # later, without holding up the queries behind it
+                timer = threading.Timer(self.delay, self._send_late, (reply, peer))
+                timer.daemon = True
+                timer.start()
+            else:
                 self._sock.sendto(reply, peer)
+
+    def _send_late(self, reply: bytes, peer: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            self._sock.sendto(reply, peer)
 
     def _handle(self, data: bytes) -> bytes | None:
         try:
@@ -118,12 +147,17 @@ class DnsServer:
         with self._lock:
             self._counts[rdtype] += 1
             self._queries.append((name, rdtype))
+            self._queried.notify_all()
         if self.silent:
             return None
         if self.drop_a_for_ip_literal and rdtype == "A" and is_ip_literal(name):
             return None
         response = dns.message.make_response(query)
-        values = self._records.get(_canonical(name))
+        with self._lock:
+            values = self._records.get(_canonical(name))
+        if _canonical(name) in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
         if values is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
             return response.to_wire()

@@ -5,6 +5,8 @@
     LoopbackServer(delay=0.05)                   # answer each request 50 ms late
     LoopbackServer(handshake_stall=0.2)          # hold the whole ClientHello 200 ms, then TLS
     LoopbackServer(silent=True)                  # accept, never answer
+    LoopbackServer(trickle=0.05)                 # TLS, then a head 1 byte per 50 ms, forever
+    LoopbackServer(garbage=b"SSH-2.0-x\r\n")     # these bytes instead of TLS, then silence
     LoopbackServer(tls=False, status=407)        # plain HTTP, e.g. a proxy check answer
     LoopbackServer(tls=False, status=302, location="http://portal.example/login")
     with refused_port() as port: ...             # connect gets RST at once
@@ -57,6 +59,8 @@ class LoopbackServer:
         delay: float = 0.0,
         handshake_stall: float = 0.0,
         silent: bool = False,
+        trickle: float = 0.0,
+        garbage: bytes | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -67,6 +71,8 @@ class LoopbackServer:
         self.delay = delay
         self.handshake_stall = handshake_stall
         self.silent = silent
+        self.trickle = trickle  # seconds between the bytes of a head that never ends
+        self.garbage = garbage
         self.connections = 0  # TCP connections accepted
         self.requests = 0  # HTTP requests answered
         self.request_heads: list[bytes] = []
@@ -138,6 +144,10 @@ class LoopbackServer:
             if self.silent:
                 self._stop.wait()
                 return
+            if self.garbage is not None:
+                conn.sendall(self.garbage)
+                self._stop.wait()
+                return
             if self._context is not None:
                 if self.handshake_stall and (
                     not _client_hello_queued(conn) or self._stop.wait(self.handshake_stall)
@@ -152,6 +162,9 @@ class LoopbackServer:
                 head += chunk
             if self.delay and self._stop.wait(self.delay):
                 return
+            if self.trickle:
+                self._dribble(sock)
+                return
             with self._changed:
                 self.request_heads.append(head)
                 self.requests += 1
@@ -164,6 +177,12 @@ class LoopbackServer:
                 self._open.discard(conn)
             sock.close()
             conn.close()
+
+    def _dribble(self, sock: socket.socket) -> None:
+        """A response head that never ends, a byte at a time (slow-loris, server side)."""
+        sock.sendall(b"HTTP/1.1 200 OK\r\nX-Trickle: ")
+        while not self._stop.wait(self.trickle):
+            sock.sendall(b"a")
 
     def _response(self) -> bytes:
         reason = HTTPStatus(self.status).phrase
