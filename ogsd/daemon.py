@@ -454,7 +454,9 @@ class Daemon:
             self.resume.drop()
             self._resuming = None
         state = await self._state()
-        if state.sleep_started_at is not None:
+        # A record whose resume is still being decided is the previous sleep, not this one
+        # (the lid closed again within a round): this sleep replaces it.
+        if state.sleep_started_at is not None and state.sleep_started_at != self._resuming:
             return  # already recorded (logind and the sleep hook both tell us)
         await self._update_state(connected_at_sleep=state.connected is not None,
                                  sleep_started_at=self.clock())
