@@ -74,6 +74,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"\s*([\w-]+)\s*[=.]")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_TOML_AT_END = " (at end of document)"
 
 
 class ConfigError(ValueError):
@@ -292,12 +293,18 @@ def _read_toml(path: Path) -> tuple[_Source, dict[str, Any]]:
         raise source.error(None, f"not UTF-8 text (byte {e.start})") from None
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise source.error(None, "cannot read: arrays or tables nested too deeply") from None
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         if position := _TOML_POSITION.search(message):
             message = message[: position.start()]
             raise ConfigError(f"{path}: line {position[1]}, column {position[2]}: "
                               f"TOML syntax error: {message}") from None
+        if message.endswith(_TOML_AT_END):  # e.g. an unterminated string: the last line
+            last = max(1, len(text.splitlines()))
+            raise ConfigError(f"{path}: line {last}, at the end of the file: TOML syntax "
+                              f"error: {message.removesuffix(_TOML_AT_END)}") from None
         raise source.error(None, f"TOML syntax error: {message}") from None
     return _Source(path, text), data
 
