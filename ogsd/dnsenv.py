@@ -45,13 +45,18 @@ class ResolvConf:
     domain: str
     servers: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # nameserver values that are not IP addresses
+    search: tuple[str, ...] = ()  # the winning search line's other domains
+
+    @property
+    def location(self) -> Location:
+        return Location(self.domain, self.servers, self.search)
 
 
 def parse_resolv_conf(text: str) -> ResolvConf:
     """Parse resolv.conf text: the effective search domain and the nameservers in order."""
     servers: list[str] = []
     skipped: list[str] = []
-    domain = ""
+    domains: list[str] = []
     for raw in text.splitlines():
         words = raw.split()
         if not words or words[0][0] in "#;":
@@ -65,9 +70,10 @@ def parse_resolv_conf(text: str) -> ResolvConf:
         elif keyword in ("search", "domain"):
             # resolv.conf(5): search and domain are exclusive; the last instance wins.
             # The location's domain is the first (valid) suffix of the winning line.
-            valid = [a for a in args if _is_domain(a)]
-            domain = _normalise_domain(valid[0]) if valid else ""
-    return ResolvConf(domain=domain, servers=tuple(servers), skipped=tuple(skipped))
+            names = (_normalise_domain(a) for a in args if _is_domain(a))
+            domains = list(dict.fromkeys(d for d in names if d))
+    return ResolvConf(domain=domains[0] if domains else "", servers=tuple(servers),
+                      skipped=tuple(skipped), search=tuple(domains[1:]))
 
 
 def inspect_dns(resolv_conf: Path | None = None, *, uplink_conf: Path | None = None) -> DnsEnv:
@@ -76,16 +82,18 @@ def inspect_dns(resolv_conf: Path | None = None, *, uplink_conf: Path | None = N
     uplink_path = uplink_conf or RESOLVED_UPLINK_CONF
     conf = _read(path)
     if not conf.servers or not set(conf.servers) <= RESOLVED_STUBS:
-        return DnsEnv(Location(conf.domain, conf.servers), path)
+        return DnsEnv(conf.location, path)
     try:
         uplink = _read(uplink_path)
     except DnsConfigError as exc:
         note = f"only systemd-resolved's stub is configured and {exc}; using the stub"
-        return DnsEnv(Location(conf.domain, conf.servers), path, note)
+        return DnsEnv(conf.location, path, note)
     if not uplink.servers:
         note = f"{uplink_path} lists no DNS servers; using systemd-resolved's stub"
-        return DnsEnv(Location(conf.domain, conf.servers), path, note)
-    return DnsEnv(Location(uplink.domain or conf.domain, uplink.servers), uplink_path)
+        return DnsEnv(conf.location, path, note)
+    # resolved's uplink file has the links' domains; without any, keep the stub file's.
+    searched = uplink if uplink.domain else conf
+    return DnsEnv(Location(searched.domain, uplink.servers, searched.search), uplink_path)
 
 
 def read_location(resolv_conf: Path | None = None, *, uplink_conf: Path | None = None) -> Location:

@@ -62,8 +62,8 @@ async def read_location(
     if sources.resolved is not None and uplink is not None and uplink_index is not None:
         link = await sources.resolved.link_dns(uplink_index)
         if link is not None and link.servers:
-            domain = link.domains[0] if link.domains else ""
-            return Reading(Location(domain, link.servers),
+            domain, *search = link.domains or ("",)
+            return Reading(Location(domain, link.servers, tuple(search)),
                            f"systemd-resolved, link {uplink.device}")
     try:
         text = _read(sources.resolv_conf or Path("/etc/resolv.conf"))
@@ -74,8 +74,7 @@ async def read_location(
         if backup is not None:
             conf = parse_resolv_conf(_read(backup))
             if conf.servers:
-                return Reading(Location(conf.domain, conf.servers),
-                               f"{backup} (saved by vpnc-script)")
+                return Reading(conf.location, f"{backup} (saved by vpnc-script)")
     if not connected:
         env = inspect_dns(sources.resolv_conf, uplink_conf=sources.uplink_conf)
         return Reading(env.location, str(env.source))
@@ -85,7 +84,7 @@ async def read_location(
     if roamed and text and VPNC_MARK not in text:
         conf = parse_resolv_conf(text)
         if conf.servers:
-            return Reading(Location(conf.domain, conf.servers),
+            return Reading(conf.location,
                            f"{sources.resolv_conf or '/etc/resolv.conf'} (after the uplink "
                            "changed)")
     if at_connect is not None:

@@ -67,6 +67,7 @@ cache_entries = Table(
     Column("results", Text, nullable=False),  # JSON list of result dicts (store.result_to_dict)
     Column("created_at", Text, nullable=False),
     Column("expires_at", Text, nullable=False),
+    Column("search", Text, nullable=False),  # JSON list of the other search domains (v3)
 )
 cache_keys = Table(
     "cache_keys", metadata,
@@ -87,6 +88,7 @@ decisions = Table(
     Column("order", Text, nullable=False),
     Column("metric", Text, nullable=False),
     Column("results", Text, nullable=False),
+    Column("search", Text, nullable=False),  # (v3)
 )
 state = Table(
     "state", metadata,
@@ -129,9 +131,16 @@ def _v2_indexes(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX cache_entries_expires_at ON cache_entries(expires_at)")
 
 
+def _v3_search_domains(conn: Connection) -> None:
+    """Version 3: a location's other search domains (its keys use every one)."""
+    for table in ("cache_entries", "decisions"):
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN search TEXT NOT NULL DEFAULT '[]'")
+
+
 # MIGRATIONS[n] takes a database from version n to n + 1 (0 is an empty file).
 # Append only: a released step is never edited, since files in the field went through it.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_initial, _v2_indexes)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1_initial, _v2_indexes,
+                                                        _v3_search_domains)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -220,13 +229,14 @@ def _enum(cls: type[_E], value: object, what: str) -> _E:
 def location_to_dict(location: Location) -> dict[str, object]:
     """A location as JSON-able data (keys included for readers; derived on the way back)."""
     return {"domain": location.domain, "servers": list(location.servers),
-            "keys": list(location.keys)}
+            "search": list(location.search), "keys": list(location.keys)}
 
 
 def location_from_dict(data: Mapping[str, object], where: str = "location") -> Location:
     """The inverse of location_to_dict; ValueError names what is wrong."""
     return Location(domain=_str(_field(data, "domain", where), f"{where}.domain"),
-                    servers=_strs(_field(data, "servers", where), f"{where}.servers"))
+                    servers=_strs(_field(data, "servers", where), f"{where}.servers"),
+                    search=_strs(data.get("search", []), f"{where}.search"))
 
 
 def result_to_dict(result: GatewayResult, metric: Metric) -> dict[str, object]:
@@ -403,6 +413,7 @@ def entry_row(entry: CacheEntry) -> dict[str, object]:
     return {
         "domain": entry.location.domain,
         "servers": dumps(list(entry.location.servers)),
+        "search": dumps(list(entry.location.search)),
         "metric": entry.metric.value,
         "order": dumps(list(entry.order)),
         "results": dumps([result_to_dict(r, entry.metric) for r in entry.results]),
@@ -415,8 +426,7 @@ def entry_from_row(row: Row[Any]) -> CacheEntry:
     """The inverse of entry_row, with the id."""
     where = f"cache entry {row.id}"
     return CacheEntry(
-        location=Location(domain=row.domain,
-                          servers=_strs(json.loads(row.servers), f"{where}.servers")),
+        location=_row_location(row, where),
         order=_strs(json.loads(row.order), f"{where}.order"),
         results=_results_from(json.loads(row.results), f"{where}.results"),
         metric=_enum(Metric, row.metric, f"{where}.metric"),
@@ -426,12 +436,19 @@ def entry_from_row(row: Row[Any]) -> CacheEntry:
     )
 
 
+def _row_location(row: Row[Any], where: str) -> Location:
+    return Location(domain=row.domain,
+                    servers=_strs(json.loads(row.servers), f"{where}.servers"),
+                    search=_strs(json.loads(row.search), f"{where}.search"))
+
+
 def decision_row(decision: Decision) -> dict[str, object]:
     """The decisions values of a decision."""
     return {
         "decided_at": time_text(decision.decided_at, "decided_at"),
         "domain": decision.location.domain,
         "servers": dumps(list(decision.location.servers)),
+        "search": dumps(list(decision.location.search)),
         "source": decision.source.value,
         "reason": decision.reason.value,
         "reason_text": decision.reason_text,
@@ -446,8 +463,7 @@ def decision_from_row(row: Row[Any]) -> Decision:
     """The inverse of decision_row."""
     where = f"decision {row.id}"
     return Decision(
-        location=Location(domain=row.domain,
-                          servers=_strs(json.loads(row.servers), f"{where}.servers")),
+        location=_row_location(row, where),
         source=_enum(Source, row.source, f"{where}.source"),
         reason=_enum(Reason, row.reason, f"{where}.reason"),
         reason_text=row.reason_text,

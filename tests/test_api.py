@@ -300,7 +300,7 @@ async def test_every_method_answers_with_its_shape(tmp_path: Path) -> None:
         assert status["source"] == "probes"
         assert status["reason_code"] == "probes"
         assert status["location"] == {
-            "domain": "corp.example.com", "servers": ["10.0.0.53", "10.0.0.54"],
+            "domain": "corp.example.com", "servers": ["10.0.0.53", "10.0.0.54"], "search": [],
             "keys": ["corp.example.com|10.0.0.53", "corp.example.com|10.0.0.54"]}
         assert status["decided_at"] == "2026-11-26T07:30:00.000000+00:00"
         assert status["connected"] is None

@@ -12,10 +12,10 @@ from ogsd.dnsenv import DnsConfigError, inspect_dns, read_location, resolver_for
 CASES = [
     ("plain", "nameserver 198.18.0.53\n", Location("", ("198.18.0.53",))),
     (
-        "search wins, first suffix",
-        "search Corp.Example.com. lab.example.com\n"
+        "search: the first suffix is the domain, every one makes keys",
+        "search Corp.Example.com. lab.example.com corp.example.com\n"
         "nameserver 198.18.0.53\nnameserver 198.18.0.54\n",
-        Location("corp.example.com", ("198.18.0.53", "198.18.0.54")),
+        Location("corp.example.com", ("198.18.0.53", "198.18.0.54"), ("lab.example.com",)),
     ),
     (
         "domain only",
@@ -49,6 +49,14 @@ def test_resolv_conf_to_location(tmp_path: Path, text: str, expected: Location) 
     path = tmp_path / "resolv.conf"
     path.write_text(text)
     assert read_location(path, uplink_conf=tmp_path / "absent") == expected
+
+
+def test_every_search_domain_makes_keys() -> None:
+    location = Location("corp.example.com", ("198.18.0.53", "198.18.0.54"),
+                        ("lab.example.com",))
+    assert location.keys == (
+        "corp.example.com|198.18.0.53", "corp.example.com|198.18.0.54",
+        "lab.example.com|198.18.0.53", "lab.example.com|198.18.0.54")
 
 
 STUB = (

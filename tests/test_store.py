@@ -146,7 +146,7 @@ def test_decision_round_trips_through_json() -> None:
     assert data["reason_code"] == "probes"
     assert data["decided_at"] == "2024-05-01T10:03:00.123456+00:00"
     assert data["location"] == {"domain": "corp.example",
-                                "servers": ["198.18.0.53", "198.18.1.53"],
+                                "servers": ["198.18.0.53", "198.18.1.53"], "search": [],
                                 "keys": ["corp.example|198.18.0.53", "corp.example|198.18.1.53"]}
     assert data["results"][0]["rtt_ms"] == 25.0  # type: ignore[index]  # exchange metric
     back = decision_from_dict(json.loads(json.dumps(data)))
@@ -401,10 +401,11 @@ def test_v1_database_is_migrated_and_keeps_its_data(db_path: Path) -> None:
             (7, ("vpn-a.example",), 30.5)
         assert [d.reason_text for d in store.decisions()] == ["fresh"]
         assert store.load_state() == DaemonState(last_gateway="vpn-a.example")
+        assert found.location.search == ()  # v3: no other search domains were known
         store.save_entry(entry())  # and it is writable at the new version
-    assert events == [("store.migrated", {"path": str(db_path), "from": 1, "to": 2})]
+    assert events == [("store.migrated", {"path": str(db_path), "from": 1, "to": 3})]
     with raw(db_path) as con:
-        assert con.execute("SELECT * FROM schema_version").fetchall() == [(1, 2)]
+        assert con.execute("SELECT * FROM schema_version").fetchall() == [(1, 3)]
         assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'"
                                           " AND name NOT LIKE 'sqlite_%'")} == \
             {"cache_keys_entry_id", "cache_entries_expires_at"}
@@ -417,16 +418,18 @@ def test_failed_migration_leaves_the_file_at_its_version(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store.open(db_path).close()
 
-    def broken_v3(conn: sqlalchemy.Connection) -> None:
+    current = store_schema.SCHEMA_VERSION
+
+    def broken_next(conn: sqlalchemy.Connection) -> None:
         conn.exec_driver_sql("CREATE TABLE half_done (x INTEGER)")
         conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
 
-    monkeypatch.setattr(store_schema, "MIGRATIONS", (*store_schema.MIGRATIONS, broken_v3))
-    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(store_schema, "MIGRATIONS", (*store_schema.MIGRATIONS, broken_next))
+    monkeypatch.setattr(store_schema, "SCHEMA_VERSION", current + 1)
     with pytest.raises(StoreError, match=r"migrate the schema.*no such table: no_such_table"):
         Store.open(db_path)
     with raw(db_path) as con:  # the DDL before the failure was rolled back too
-        assert con.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [(current,)]
         assert con.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'"
                            ).fetchall() == []
 

@@ -142,13 +142,16 @@ class GatewayResult:
 class Location:
     """Where the machine is, as OGS sees it: DNS search domain and DNS server addresses."""
 
-    domain: str
+    domain: str  # the first search domain (AnyConnect's "DNS domain")
     servers: tuple[str, ...]
+    search: tuple[str, ...] = ()  # the network's other search domains, in order
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Cache keys: one `domain|server-ip` per server (AnyConnect's scheme)."""
-        return tuple(f"{self.domain}|{server}" for server in self.servers)
+        """Cache keys: one `domain|server-ip` per search domain and server (AnyConnect's
+        scheme, with every search domain of the network, not only the first)."""
+        domains = dict.fromkeys((self.domain, *self.search))
+        return tuple(f"{domain}|{server}" for domain in domains for server in self.servers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,9 @@ def test_location_keys_are_domain_pipe_server() -> None:
         (Location("home.example", ("198.18.0.99",)), False),
         (HOTEL, False),
         (Location("home.example", ()), False),
+        # Every search domain makes keys: the network listed ours second.
+        (Location("lan", ("198.18.0.53",), ("home.example",)), True),
+        (Location("other.example", ("198.18.0.53",), ("lan",)), False),
     ],
 )
 def test_same_location_needs_one_exact_pair(other: Location, same: bool) -> None:
