@@ -22,26 +22,30 @@ Zone = dict[tuple[str, dns.rdatatype.RdataType], list[str]]
 
 
 def build_zone(spec: LabSpec) -> Zone:
-    """Records for the spec: A/AAAA for gateway names, PTR for every lab address."""
+    """Records for the spec: A/AAAA for every lab name, PTR for every lab address.
+
+    VPN gateways add `<first label of host>.<vpn_domain>` for their inside address; every
+    DNS address (physical or a VPN's inside one) answers from this same zone.
+    """
     zone: Zone = {}
 
-    def add(name: str, rdtype: dns.rdatatype.RdataType, value: str) -> None:
-        zone.setdefault((name.lower().rstrip(".") + ".", rdtype), []).append(value)
+    def add(name: str, address: str | None) -> None:
+        if address is None:
+            return
+        rdtype = dns.rdatatype.AAAA if ":" in address else dns.rdatatype.A
+        zone.setdefault((name.lower().rstrip(".") + ".", rdtype), []).append(address)
+        ptr = (dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR)
+        zone.setdefault(ptr, []).append(name + ".")
 
-    named = [(f"client.{spec.domain}", spec.client)]
-    named += [(f"ns{i}.{spec.domain}", s) for i, s in enumerate(spec.dns.servers, start=1)]
-    named += [(gw.host, gw.address) for gw in spec.gateways]
-    for name, address in named:
-        add(name, dns.rdatatype.A, address)
-        add(dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR, name + ".")
+    uplink = spec.uplink
+    add(f"client.{spec.domain}", spec.client if uplink.ipv4 else None)
+    add(f"client.{spec.domain}", uplink.address6 if uplink.ipv6 else None)
+    for i, server in enumerate(spec.dns.servers, start=1):
+        add(f"ns{i}.{spec.domain}", server)
     for gw in spec.gateways:
-        if gw.address6:
-            add(gw.host, dns.rdatatype.AAAA, gw.address6)
-            add(
-                dns.reversename.from_address(gw.address6).to_text(),
-                dns.rdatatype.PTR,
-                gw.host + ".",
-            )
+        add(gw.host, gw.address)
+        add(gw.host, gw.address6)
+        add(f"{gw.host.split('.')[0]}.{spec.vpn_domain}", gw.internal_address)
     return zone
 
 

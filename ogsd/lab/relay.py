@@ -1,4 +1,4 @@
-"""The relay: copies IP packets between the client and server TUNs, late, lost or not at all.
+"""The relay: copies IP packets between the router and server TUNs, late, lost or not at all.
 
 Run as `python -m ogsd.lab.relay` by `Lab.up` with both TUN fds inherited. Packets wait
 in a heap keyed by due time; the loop blocks in select() until the next packet is due or
@@ -48,16 +48,19 @@ class Rule:
 
 
 def rules_for(spec: LabSpec) -> dict[bytes, Rule]:
-    """The relay table: packed address -> rule, for every gateway and DNS server."""
+    """The relay table: packed address -> rule, for every gateway and DNS server (IPv4 and IPv6)."""
     table: dict[bytes, Rule] = {}
     dns_delay = spec.dns.rtt_ms / 2000
     for server in spec.dns.servers:
         table[ipaddress.ip_address(server).packed] = Rule(dns_delay, dns_delay, 0.0, 0.0, False)
     for gw in spec.gateways:
         up, down = gw.delays_ms
-        table[ipaddress.ip_address(gw.address).packed] = Rule(
+        rule = Rule(
             up / 1000, down / 1000, gw.jitter_ms / 1000, gw.loss, gw.mode == GatewayMode.BLACKHOLE
         )
+        for address in (gw.address, gw.address6):
+            if address is not None:
+                table[ipaddress.ip_address(address).packed] = rule
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.reversename
 
 from ogsd.lab.dnszone import answer, build_zone, is_ip_literal
@@ -62,3 +63,28 @@ def test_ip_literal() -> None:
     assert is_ip_literal("198.19.1.1.")
     assert is_ip_literal("2001:2::1")
     assert not is_ip_literal("gw-1.lab.example.")
+
+
+def test_ipv6_names_and_the_vpn_zone() -> None:
+    spec = LabSpec.simple([10, 20], ipv6=True).with_gateway("gw-2.lab.example", vpn=True)
+    spec = spec.with_dns(servers=("198.18.0.53", "2001:2:0:53::53"))
+    zone = build_zone(spec)
+
+    def lookup(name: str, rdtype: str) -> list[str]:
+        wire = answer(dns.message.make_query(name, rdtype).to_wire(), zone, DnsMode.NORMAL)
+        assert wire is not None
+        return values(dns.message.from_wire(wire))
+
+    assert lookup("gw-1.lab.example", "AAAA") == ["2001:2:0:1::1"]
+    assert lookup(dns.reversename.from_address("2001:2:0:2::1").to_text(), "PTR") == [
+        "gw-2.lab.example."
+    ]
+    assert lookup("client.corp.lab.example", "AAAA") == ["2001:2:0:a::2"]
+    assert lookup("ns2.corp.lab.example", "AAAA") == ["2001:2:0:53::53"]
+    # The VPN gateway's inside address has a name in the VPN's own domain.
+    assert lookup("gw-2.vpn.lab.example", "A") == ["198.18.128.1"]
+    assert lookup(dns.reversename.from_address("198.18.128.1").to_text(), "PTR") == [
+        "gw-2.vpn.lab.example."
+    ]
+    only4 = build_zone(spec.with_uplink(ipv6=False))
+    assert ("client.corp.lab.example.", dns.rdatatype.AAAA) not in only4

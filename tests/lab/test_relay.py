@@ -6,11 +6,12 @@ import ipaddress
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from ogsd.lab.relay import Relay
-from ogsd.lab.spec import GatewaySpec, LabSpec
+from ogsd.lab.spec import GatewayMode, GatewaySpec, LabSpec
 
 CLIENT = "198.18.0.2"
 GW = "198.19.1.1"
@@ -115,3 +116,31 @@ def test_load_swaps_the_table_live(pipes: tuple[tuple[int, int], tuple[int, int]
     relay.load(LabSpec(gateways=(GatewaySpec("gw.lab.example", GW, rtt_ms=10),)))
     relay.accept(packet(CLIENT, GW, 1000, 443, 1), from_client=True, now=0.0)
     assert relay.timeout(0.0) == pytest.approx(0.005)
+
+
+def packet6(src: str, dst: str, sport: int, dport: int, seq: int) -> bytes:
+    """A minimal IPv6+TCP header, tagged like `packet`."""
+    ip = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        20,
+        6,
+        64,
+        ipaddress.ip_address(src).packed,
+        ipaddress.ip_address(dst).packed,
+    )
+    return ip + struct.pack("!HHIIHHHH", sport, dport, seq, 0, 0x5000, 0, 0, 0)
+
+
+def test_ipv6_addresses_get_the_gateways_rule(
+    pipes: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
+    (_, client_w), (_, server_w) = pipes
+    gw = GatewaySpec("gw.lab.example", GW, rtt_ms=30, up_ms=20, address6="2001:2:0:1::1")
+    relay = Relay(client_w, server_w, LabSpec(gateways=(gw,)))
+    relay.accept(packet6("2001:2:0:a::2", "2001:2:0:1::1", 1000, 443, 1), True, now=0.0)
+    relay.accept(packet6("2001:2:0:1::1", "2001:2:0:a::2", 443, 1000, 2), False, now=0.0)
+    assert sorted(round(due, 6) for due, *_ in relay.heap) == [0.010, 0.020]
+    relay.load(LabSpec(gateways=(replace(gw, mode=GatewayMode.BLACKHOLE),)))
+    relay.accept(packet6("2001:2:0:a::2", "2001:2:0:1::1", 1000, 443, 3), True, now=0.0)
+    assert relay.stats["blackholed"] == 1

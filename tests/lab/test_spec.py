@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.lab.spec import DnsMode, GatewayMode, LabSpec, SpecError, load, parse
+from ogsd.lab.spec import DnsMode, GatewayMode, LabSpec, SpecError, TunnelMode, load, parse
 
 GOOD = {
     "domain": "corp.lab.example",
@@ -37,7 +37,7 @@ def test_good_spec_parses_and_normalises() -> None:
     assert osaka.mode is GatewayMode.REFUSE
     assert osaka.delays_ms == (30.0, 15.0)
     assert spec.gateway("gw-tokyo.lab.example").delays_ms == (10.0, 10.0)
-    assert spec.addresses() == {"198.18.0.53", "198.19.1.1", "198.19.2.1"}
+    assert spec.addresses() == {"198.18.0.53", "198.19.1.1", "198.19.2.1", "2001:2::1"}
 
 
 def test_round_trip_through_json() -> None:
@@ -76,12 +76,30 @@ def _gw(**fields: object) -> dict[str, object]:
         (_gw(mode="slow"), "'slow' is not one of normal, blackhole, refuse"),
         (_gw(http="yes"), "expected true or false"),
         (_gw(host="bad host!"), "not a valid host name"),
-        (_gw(address6="2001:db8::1"), "outside 2001:2::/48"),
+        (_gw(address6="2001:db8::1"), "outside the lab range 2001:2::/48"),
+        (_gw(address6="198.19.1.9"), "is not an IPv6 address"),
+        (_gw(address="198.18.130.1"), "inside 198.18.128.0/17, which is kept for VPN tunnels"),
+        (_gw(mode="error", vpn="yes"), r"gateways\[0\].vpn: expected true or false"),
+        (_gw(vpn=True, tunnel="half"), "'half' is not one of full, split"),
+        (_gw(vpn=True, vpn_network="198.18.0.0/24"), "outside the VPN range"),
+        (_gw(vpn=True, vpn_network="198.18.200.0/25"), "is not an IPv4 /24 network"),
+        ({"vpn_domain": "corp.lab.example"}, "also the lab's domain"),
+        ({"uplink": {"ipv4": False, "ipv6": False}}, "both false"),
+        ({"uplink": {"router": "198.18.1.1"}}, "not in the client's subnet 198.18.0.0/24"),
+        ({"client": "198.18.0.1"}, "uplink.router: 198.18.0.1 is the client's own address"),
+        ({"uplink": {"prefix": 8}}, r"uplink.prefix: 8 is outside 15..30"),
+        ({"uplink": {"address6": "2001:2:0:a::5", "router6": "2001:2:0:b::1"}}, "router6"),
+        ({"uplink": {"metric": -1}}, "uplink.metric"),
+        ({"uplink": {"wifi": True}}, r"uplink: unknown field\(s\) wifi"),
+        ({"dns": {"servers": ["198.18.0.1"]}}, "already the router address"),
         (_gw(color=1), r"gateways\[0\]: unknown field\(s\) color"),
         ({"gateways": [{"host": "a.example"}]}, "missing address"),
         ({"dns": {"servers": []}}, "non-empty list"),
         ({"dns": {"mode": "weird"}}, "dns.mode"),
-        ({"client": "198.19.1.1", **_gw()}, "already the client address"),
+        (
+            {"client": "198.19.1.1", "uplink": {"router": "198.19.1.254"}, **_gw()},
+            "already the client address",
+        ),
         (
             {
                 "gateways": [
@@ -107,3 +125,40 @@ def test_load_names_the_file(tmp_path: Path) -> None:
         load(bad)
     with pytest.raises(SpecError, match="cannot read"):
         load(tmp_path / "missing.json")
+
+
+def test_uplink_defaults_and_derived_next_hops() -> None:
+    spec = LabSpec()
+    assert (spec.client, spec.router) == ("198.18.0.2", "198.18.0.1")
+    assert (spec.uplink.address6, spec.router6) == ("2001:2:0:a::2", "2001:2:0:a::1")
+    assert spec.uplink.families == (4, 6)
+    hotel = spec.with_uplink(client="198.18.5.20", address6="2001:2:0:b::20")
+    assert (hotel.router, hotel.router6) == ("198.18.5.1", "2001:2:0:b::1")
+    assert parse(hotel.to_json()) == hotel  # derived next hops stay derived
+    only6 = spec.with_uplink(ipv4=False)
+    assert only6.uplink.families == (6,)
+
+
+def test_vpn_gateways_get_their_own_block_of_the_vpn_range() -> None:
+    spec = LabSpec.simple([10, 20, 30]).with_gateway("gw-1.lab.example", vpn=True)
+    spec = spec.with_gateway("gw-3.lab.example", vpn=True, tunnel="split")
+    gw1, gw2, gw3 = spec.gateways
+    assert (gw1.vpn_network, gw1.internal_address) == ("198.18.128.0/24", "198.18.128.1")
+    assert (gw2.vpn_network, gw2.internal_address) == (None, None)
+    assert (gw3.vpn_network, gw3.tunnel) == ("198.18.129.0/24", TunnelMode.SPLIT)
+    assert spec.vpn_gateways() == (gw1, gw3)
+    assert {"198.18.128.1", "198.18.129.1"} <= spec.addresses()
+    # Once assigned, a block stays with its gateway when others change.
+    moved = spec.with_gateway("gw-1.lab.example", vpn=False).with_gateway(
+        "gw-2.lab.example", vpn=True
+    )
+    assert moved.gateway("gw-3.lab.example").vpn_network == "198.18.129.0/24"
+    assert moved.gateway("gw-2.lab.example").vpn_network not in (None, "198.18.129.0/24")
+    with pytest.raises(SpecError, match=r"gateways\[1\].vpn_network: 198.18.128.0/24 is already"):
+        spec.with_gateway("gw-2.lab.example", vpn=True, vpn_network="198.18.128.0/24")
+
+
+def test_simple_with_ipv6_and_the_error_mode() -> None:
+    spec = LabSpec.simple([10, 20], ipv6=True, mode="error")
+    assert [g.address6 for g in spec.gateways] == ["2001:2:0:1::1", "2001:2:0:2::1"]
+    assert {g.mode for g in spec.gateways} == {GatewayMode.ERROR}
