@@ -20,7 +20,7 @@ from ogsd import cli, ctl
 ROOT = Path(__file__).resolve().parents[1]
 # What the build reads; copied so the in-tree build (build/, *.egg-info) stays out of ROOT.
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "ogsd")
-LAB_COMMANDS = ("up", "set", "status", "down", "demo", "selftest")  # docs/lab.md
+LAB_COMMANDS = ("up", "set", "roam", "status", "down", "demo", "selftest")  # docs/lab.md
 PIP_TIMEOUT_S = 300  # a cold wheel cache downloads the dependencies
 RUN_TIMEOUT_S = 60
 # Modules that are programs (they run on import), or need the lab extra.

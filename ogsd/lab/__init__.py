@@ -1,11 +1,22 @@
 """A network lab for ogsd: gateways at controlled distances, in network namespaces.
 
-`Lab.up(spec, name)` builds a client and a server namespace joined by a delaying relay;
-see docs/lab.md.
+`Lab.up(spec, name)` builds a client, a router and a server namespace; the client's
+Ethernet uplink reaches the gateways through the router and a delaying relay. See
+docs/lab.md.
 """
 
-from ogsd.lab.lab import DEFAULT_NAME, Lab, LabError
-from ogsd.lab.spec import DnsMode, DnsSpec, GatewayMode, GatewaySpec, LabSpec, SpecError
+from ogsd.lab.errors import LabError
+from ogsd.lab.lab import DEFAULT_NAME, Lab
+from ogsd.lab.spec import (
+    DnsMode,
+    DnsSpec,
+    GatewayMode,
+    GatewaySpec,
+    LabSpec,
+    SpecError,
+    TunnelMode,
+    UplinkSpec,
+)
 
 __all__ = [
     "DEFAULT_NAME",
@@ -17,4 +28,6 @@ __all__ = [
     "LabError",
     "LabSpec",
     "SpecError",
+    "TunnelMode",
+    "UplinkSpec",
 ]

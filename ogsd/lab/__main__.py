@@ -1,4 +1,4 @@
-"""`python -m ogsd.lab up|set|status|down|selftest`: the network lab by hand."""
+"""`python -m ogsd.lab up|set|roam|status|down|selftest`: the network lab by hand."""
 
 from __future__ import annotations
 
@@ -17,16 +17,20 @@ SELFTEST_NAME = "ogsdlab-st"
 
 
 def _print_status(status: dict[str, Any]) -> None:
-    spec = status["spec"]
+    spec, name, link = status["spec"], status["name"], status["uplink"]
+    up = spec["uplink"]
     procs = ", ".join(
         f"{what} pid {p['pid']} {'alive' if p['alive'] else 'DEAD'}"
         for what, p in status["processes"].items()
     )
     relay = status["relay"]
     counters = relay.get("error") or ", ".join(f"{k} {v}" for k, v in relay.items())
+    addresses = [f"{spec['client']}/{up['prefix']} via {link['router']}"] if up["ipv4"] else []
+    if up["ipv6"]:
+        addresses.append(f"{up['address6']}/{up['prefix6']} via {link['router6']}")
     print(
-        f"lab {status['name']}: client ns {status['name']}-c ({spec['client']}), "
-        f"server ns {status['name']}-s"
+        f"lab {name}: client ns {name}-c ({link['device']}: {', '.join(addresses)}), "
+        f"router ns {name}-r, server ns {name}-s"
     )
     print(f"  processes: {procs}")
     print(f"  relay: {counters}")
@@ -34,17 +38,18 @@ def _print_status(status: dict[str, Any]) -> None:
         f"  location: search {spec['domain']}, nameserver {', '.join(spec['dns']['servers'])} "
         f"(dns mode {spec['dns']['mode']}) in {status['resolv_conf']}"
     )
-    rows = [("host", "address", "rtt_ms", "jitter", "loss", "mode", "stall_ms", "http")]
+    rows = [("host", "address", "rtt_ms", "jitter", "loss", "mode", "stall_ms", "http", "vpn")]
     rows += [
         (
             g["host"],
-            g["address"],
+            g["address"] + (f" {g['address6']}" if g["address6"] else ""),
             f"{g['rtt_ms']:g}",
             f"{g['jitter_ms']:g}",
             f"{g['loss']:g}",
             g["mode"],
             f"{g['stall_ms']:g}",
             "yes" if g["http"] else "no",
+            f"{g['tunnel']} {g['vpn_network']}" if g["vpn"] else "no",
         )
         for g in spec["gateways"]
     ]
@@ -57,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one lab command."""
     parser = argparse.ArgumentParser(prog="python -m ogsd.lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("up", "set"):
-        p = sub.add_parser(command, help=f"{command} a lab from a spec file")
+    helps = {
+        "up": "bring a lab up from a spec file",
+        "set": "apply a spec file to a running lab",
+        "roam": "apply a spec file as a Wi-Fi roam (the client's uplink goes down and up)",
+    }
+    for command, text in helps.items():
+        p = sub.add_parser(command, help=text)
         p.add_argument("--spec", required=True, help="spec JSON file (see docs/lab.md)")
         p.add_argument("--name", default=DEFAULT_NAME)
     p = sub.add_parser("status", help="what is running and how it is configured")
@@ -70,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("selftest", help="measure a fresh lab against its spec")
     p.add_argument("--name", default=SELFTEST_NAME)
     args = parser.parse_args(argv)
-    if args.command in ("up", "set", "demo", "selftest") and (missing := missing_extra()):
+    needs_extra = ("up", "set", "roam", "demo", "selftest")
+    if args.command in needs_extra and (missing := missing_extra()):
         print(f"ogsd.lab: {missing}", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
@@ -88,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "set":
             Lab.attach(args.name).set(lab_spec.load(args.spec))
             print(f"lab {args.name}: spec applied")
+        elif args.command == "roam":
+            Lab.attach(args.name).roam(lab_spec.load(args.spec))
+            print(f"lab {args.name}: roamed")
         elif args.command == "status":
             status = Lab.attach(args.name).status()
             if args.json:

@@ -12,14 +12,21 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ogsd.lab import procs, topology
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.control import ControlError, request
+from ogsd.lab.errors import LabError
 from ogsd.lab.spec import LabSpec
+from ogsd.lab.topology import Names
 from ogsd.lab.tun import open_tun
+
+# LabError: importable from here, as before.
+__all__ = ["DEFAULT_NAME", "Lab", "LabError", "missing_extra"]
 
 DEFAULT_NAME = "ogsdlab"
 RUN_DIR = Path("/run/ogsd-lab")
@@ -27,12 +34,9 @@ NETNS_DIR = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 # "<name>-c" names both a namespace and a TUN device, and interface names stop at 15 bytes.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,12}$")
-# The default 500 drops SYNs when 1,000 connections open at once (DESIGN.md §5).
-TXQUEUELEN = 4096
 # Python start-up plus a certificate: well under a second; ten covers a loaded machine.
 READY_TIMEOUT_S = 10.0
-# A process that ignores SIGTERM this long gets SIGKILL.
-STOP_TIMEOUT_S = 3.0
+STOP_TIMEOUT_S = procs.STOP_TIMEOUT_S
 
 
 def missing_extra() -> str | None:
@@ -44,10 +48,6 @@ def missing_extra() -> str | None:
     return None
 
 
-class LabError(RuntimeError):
-    """The lab could not be brought up, changed or inspected; the message says why."""
-
-
 def _ip(*args: str, batch: list[str] | None = None) -> None:
     """Run `ip` (with a batch on stdin); LabError with its message on failure."""
     argv = ["ip", *args, *(["-batch", "-"] if batch is not None else [])]
@@ -57,47 +57,29 @@ def _ip(*args: str, batch: list[str] | None = None) -> None:
         raise LabError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def _is_ours(pid: int, state_dir: Path) -> bool:
-    """True if `pid` is a lab process of this lab (pids get reused after a crash)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"ogsd.lab." in cmdline and str(state_dir).encode() in cmdline
-
-
-def _stop(pid: int) -> None:
-    """SIGTERM, wait for the exit on a pidfd, SIGKILL if it lingers."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        exited, _, _ = select.select([pidfd], [], [], STOP_TIMEOUT_S)
-        if not exited:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], STOP_TIMEOUT_S)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(pidfd)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it was our child (Lab.up in this process)
+def _sysctl(netns: str, settings: Sequence[str]) -> None:
+    argv = ["ip", "netns", "exec", netns, "sysctl", "-q", "-w", *settings]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
 class Lab:
     """A running lab. Make one with `Lab.up(spec, name)` or find one with `Lab.attach(name)`."""
 
+    uplink = topology.UPLINK  # the client's uplink device ("eth0")
+
     def __init__(self, name: str, spec: LabSpec) -> None:
         self.name = name
         self.spec = spec
-        self.client_ns = f"{name}-c"
-        self.server_ns = f"{name}-s"
+        self.names = Names.of(name)
+        self.client_ns = self.names.client
+        self.router_ns = self.names.router
+        self.server_ns = self.names.server
         self.state_dir = RUN_DIR / name
         self.resolv_conf = NETNS_ETC / self.client_ns / "resolv.conf"
         self.cert_path = self.state_dir / "cert.pem"  # the gateways' self-signed certificate
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._children: list[subprocess.Popen[Any]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -113,14 +95,15 @@ class Lab:
 
     @classmethod
     def exists(cls, name: str) -> bool:
-        """True if anything of lab `name` is left (state, namespaces or resolv.conf)."""
+        """True if anything of lab `name` is left (state, namespaces or /etc/netns files)."""
         lab = cls(cls.check_name(name), LabSpec())
-        paths = [lab.state_dir, NETNS_DIR / lab.client_ns, NETNS_DIR / lab.server_ns]
-        return any(p.exists() for p in [*paths, lab.resolv_conf.parent])
+        paths = [NETNS_DIR / ns for ns in lab.names.all()]
+        paths += [NETNS_ETC / ns for ns in lab.names.all()]
+        return any(p.exists() for p in [lab.state_dir, *paths])
 
     @classmethod
     def up(cls, spec: LabSpec, name: str = DEFAULT_NAME) -> Lab:
-        """Create namespaces, TUNs, relay and servers for `spec`; the running lab."""
+        """Create namespaces, uplink, TUNs, relay and servers for `spec`; the running lab."""
         spec = lab_spec.validate(spec)
         if missing := missing_extra():
             raise LabError(missing)
@@ -150,48 +133,52 @@ class Lab:
         return lab
 
     def _build(self) -> None:
+        n, spec = self.names, self.spec
         self.state_dir.mkdir(parents=True, mode=0o755)
-        self._write_spec(self.spec)
-        _ip("netns", "add", self.client_ns)
-        _ip("netns", "add", self.server_ns)
-        fds = [open_tun(self.client_ns), open_tun(self.server_ns)]
+        self._write_spec(spec)
+        for ns in n.all():
+            _ip("netns", "add", ns)
+        _sysctl(n.router, topology.ROUTER_SYSCTLS)
+        _sysctl(n.client, topology.QUIET_IPV6)
+        fds = [open_tun(n.router), open_tun(n.server)]
         try:
             _ip(
                 batch=[
-                    f"link set {ns} txqueuelen {TXQUEUELEN} netns {ns}"
-                    for ns in (self.client_ns, self.server_ns)
+                    *(
+                        f"link set {ns} txqueuelen {topology.TXQUEUELEN} netns {ns}"
+                        for ns in (n.router, n.server)
+                    ),
+                    f"link add {topology.UPLINK} netns {n.client} type veth "
+                    f"peer name {topology.ROUTER_LINK} netns {n.router}",
                 ]
             )
-            client = self.spec.client
+            _sysctl(n.router, topology.ROUTER_LINK_SYSCTLS)
             _ip(
                 "-n",
-                self.client_ns,
+                n.router,
                 batch=[
-                    "link set lo up",
-                    f"link set {self.client_ns} up",
-                    f"addr add {client}/32 dev {self.client_ns}",
-                    f"route add default dev {self.client_ns} src {client}",
+                    *topology.tun_base(n.router),
+                    *topology.router_uplink(spec, mac=None),
+                    *topology.proxies(topology.proxied(spec), n, "add"),
                 ],
             )
-            addresses = [f"addr add {a}/32 dev lo" for a in sorted(self.spec.addresses())]
             _ip(
                 "-n",
-                self.server_ns,
+                n.server,
                 batch=[
-                    "link set lo up",
-                    f"link set {self.server_ns} up",
-                    *addresses,
-                    f"route add default dev {self.server_ns}",
+                    *topology.tun_base(n.server),
+                    *topology.server_addresses(spec.addresses(), "add"),
                 ],
             )
-            self._write_resolv_conf(self.spec)
+            _ip("-n", n.client, batch=[*topology.client_base(), *topology.client_up(spec)])
+            self._write_resolv_conf(spec)
             relay = self._spawn(
                 "relay", ["--client-fd", str(fds[0]), "--server-fd", str(fds[1])], fds
             )
         finally:
             for fd in fds:
                 os.close(fd)  # the relay holds them now; the TUNs die with it
-        servers = self._spawn("servers", [], [], netns=self.server_ns)
+        servers = self._spawn("servers", [], [], netns=n.server)
         # `owner` lets a test session clean up labs whose creator died (see orphans()).
         state = {
             "name": self.name,
@@ -245,22 +232,44 @@ class Lab:
         return proc.pid
 
     def set(self, spec: LabSpec) -> None:
-        """Apply `spec` live: delays, modes, gateways, DNS domain/servers/mode."""
-        spec = lab_spec.validate(spec)
-        if spec.client != self.spec.client:
-            raise LabError("the client address cannot change live: take the lab down and up")
-        old, new = self.spec.addresses(), spec.addresses()
-        if new - old:
-            _ip("-n", self.server_ns, batch=[f"addr add {a}/32 dev lo" for a in sorted(new - old)])
+        """Apply `spec` live: delays, modes, gateways, DNS, and the uplink (as a roam)."""
+        self._apply(lab_spec.validate(spec), roam=False)
+
+    def roam(self, spec: LabSpec | None = None) -> None:
+        """Move the client like a Wi-Fi roam, to `spec` (default: the current one).
+
+        In the client namespace: eth0 goes down and loses its addresses, the router gets
+        its new addresses and MAC, resolv.conf is rewritten, then eth0 comes up with the
+        new addresses and default routes. Everything else of `spec` applies as in `set`.
+        """
+        self._apply(lab_spec.validate(spec or self.spec), roam=True)
+
+    def _apply(self, spec: LabSpec, *, roam: bool) -> None:
+        n, old = self.names, self.spec
+        moving = roam or (spec.client, spec.uplink) != (old.client, old.uplink)
+        added, removed = spec.addresses() - old.addresses(), old.addresses() - spec.addresses()
+        if added:
+            _ip("-n", n.server, batch=topology.server_addresses(added, "add"))
         self._write_spec(spec)
+        if moving:
+            _ip("-n", n.client, batch=topology.client_down())
         try:
             request(str(self.state_dir / "servers.sock"), "reload")
             request(str(self.state_dir / "relay.sock"), "reload")
         except ControlError as exc:
             raise LabError(f"lab {self.name!r}: {exc}") from None
         self._write_resolv_conf(spec)
-        if old - new:
-            _ip("-n", self.server_ns, batch=[f"addr del {a}/32 dev lo" for a in sorted(old - new)])
+        was, now = topology.proxied(old), topology.proxied(spec)
+        router = topology.proxies(was if moving else was - now, n, "del")
+        if moving:
+            router += topology.router_uplink(spec, mac=topology.random_mac())
+        router += topology.proxies(now if moving else now - was, n, "add")
+        if router:
+            _ip("-n", n.router, batch=router)
+        if moving:
+            _ip("-n", n.client, batch=topology.client_up(spec))
+        if removed:
+            _ip("-n", n.server, batch=topology.server_addresses(removed, "del"))
         self.spec = spec
 
     def down(self) -> None:
@@ -273,21 +282,23 @@ class Lab:
 
     @classmethod
     def teardown(cls, name: str) -> None:
-        """Remove what lab `name` left, whether it is up, half up or crashed."""
+        """Remove what lab `name` left, whether it is up, half up or crashed.
+
+        Every process in the lab's namespaces is stopped, the client's first with SIGTERM,
+        then the server namespace's with SIGKILL (the servers need no goodbye), then the
+        relay; then the namespaces and files go.
+        """
         lab = cls(cls.check_name(name), LabSpec())
+        for ns in lab.names.all():
+            if (NETNS_DIR / ns).exists():
+                first = signal.SIGKILL if ns == lab.server_ns else signal.SIGTERM
+                procs.stop_all(procs.in_netns(ns), first=first)
         pids: set[int] = set()
         for what in ("relay", "servers"):
             with contextlib.suppress(OSError, ValueError):
                 pids.add(int((lab.state_dir / f"{what}.pid").read_text()))
-        if (NETNS_DIR / lab.server_ns).exists():
-            found = subprocess.run(
-                ["ip", "netns", "pids", lab.server_ns], capture_output=True, text=True, check=False
-            )
-            pids |= {int(p) for p in found.stdout.split() if p.isdigit()}
-        for pid in sorted(pids):
-            if _is_ours(pid, lab.state_dir):
-                _stop(pid)
-        for ns in (lab.client_ns, lab.server_ns):
+        procs.stop_all(p for p in pids if procs.is_ours(p, lab.state_dir))
+        for ns in lab.names.all():
             if (NETNS_DIR / ns).exists():
                 _ip("netns", "del", ns)
             shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
@@ -334,6 +345,18 @@ class Lab:
             check=check,
         )
 
+    def popen(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+        """Start `argv` in the client namespace and return at once (a daemon, openconnect).
+
+        Keyword arguments go to subprocess.Popen (stdin defaults to /dev/null). `ip netns
+        exec` execs the command, so the pid is the program's own and signals reach it.
+        The lab's teardown stops whatever is still running in the namespace.
+        """
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.client_ns, *argv], **popen)
+        self._children.append(proc)
+        return proc
+
     def measure(self, plan: list[dict[str, Any]], timeout: float = 120.0) -> list[dict[str, Any]]:
         """Run `ogsd.lab.measure` steps in the client namespace; one result per step."""
         done = self.exec(
@@ -357,20 +380,24 @@ class Lab:
         except (OSError, ValueError, KeyError):
             pids = {}
         for what, pid in pids.items():
-            processes[what] = {"pid": pid, "alive": _is_ours(pid, self.state_dir)}
+            processes[what] = {"pid": pid, "alive": procs.is_ours(pid, self.state_dir)}
+        relay: dict[str, Any]
         try:
-            relay: dict[str, Any] = request(str(self.state_dir / "relay.sock"), "stats")
+            relay = request(str(self.state_dir / "relay.sock"), "stats")
             relay.pop("ok", None)
         except ControlError as exc:
             relay = {"error": str(exc)}
         return {
             "name": self.name,
-            "namespaces": {
-                ns: (NETNS_DIR / ns).exists() for ns in (self.client_ns, self.server_ns)
-            },
+            "namespaces": {ns: (NETNS_DIR / ns).exists() for ns in self.names.all()},
             "processes": processes,
             "relay": relay,
             "resolv_conf": str(self.resolv_conf),
+            "uplink": {
+                "device": self.uplink,
+                "router": self.spec.router,
+                "router6": self.spec.router6,
+            },
             "spec": json.loads(self.spec.to_json()),
         }
 
@@ -382,11 +409,19 @@ class Lab:
         tmp.write_text(spec.to_json())
         tmp.replace(path)  # atomic: the processes never read half a spec
 
+    @staticmethod
+    def _write_in_place(path: Path, text: str) -> None:
+        # Rewritten in place, not renamed: `ip netns exec` bind-mounts this inode over the
+        # /etc file, so a process already running in the namespace sees the change.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as out:
+            out.write(text)
+
     def _write_resolv_conf(self, spec: LabSpec) -> None:
-        self.resolv_conf.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"search {spec.domain}", *(f"nameserver {s}" for s in spec.dns.servers)]
-        # Rewritten in place, not renamed: `ip netns exec` bind-mounts this inode over
-        # /etc/resolv.conf, so a daemon already running in the namespace sees the move.
-        with self.resolv_conf.open("w") as out:
-            out.write("# written by ogsd.lab; removed by `python -m ogsd.lab down`\n")
-            out.write("\n".join(lines) + "\n")
+        self._write_in_place(
+            self.resolv_conf,
+            "# written by ogsd.lab; removed by `python -m ogsd.lab down`\n"
+            + "\n".join(lines)
+            + "\n",
+        )

@@ -12,6 +12,7 @@ import json
 import resource
 import socket
 import ssl
+import struct
 import sys
 import time
 from collections import Counter
@@ -29,22 +30,52 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-def connect(address: str, port: int = 443, count: int = 5, timeout: float = 2.0) -> dict[str, Any]:
-    """Blocking TCP connects, one after another: SYN to SYN/ACK as the application sees it."""
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+# struct tcp_info (linux/tcp.h): eight u8 fields, then u32s; tcpi_rtt is the sixteenth.
+TCP_INFO_RTT_OFFSET = 68
+
+
+def _kernel_rtt_ms(sock: socket.socket) -> float:
+    """The kernel's RTT sample of the handshake: no wake-up of this process in it."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_RTT_OFFSET + 4)
+    rtt_us: int = struct.unpack_from("=I", info, TCP_INFO_RTT_OFFSET)[0]
+    return rtt_us / 1000
+
+
+def connect(
+    address: str,
+    port: int = 443,
+    count: int = 5,
+    timeout: float = 2.0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Blocking TCP connects, one after another: SYN to SYN/ACK as the application sees it
+    (`times_ms`), and as the kernel timed it (`kernel_ms`, TCP_INFO's rtt).
+
+    `device` binds each socket to that interface (SO_BINDTODEVICE), as a probe that must
+    leave through the physical uplink does.
+    """
     times: list[float] = []
+    kernel: list[float] = []
     errors: list[str] = []
     for _ in range(count):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(_family(address), socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
+            if device is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
             start = time.perf_counter()
             try:
                 sock.connect((address, port))
                 times.append(_ms(start))
+                kernel.append(_kernel_rtt_ms(sock))
             except TimeoutError:
                 errors.append(f"timeout after {_ms(start):.1f} ms")
             except OSError as exc:
                 errors.append(f"{exc.strerror or exc} after {_ms(start):.1f} ms")
-    return {"times_ms": times, "errors": errors}
+    return {"times_ms": times, "kernel_ms": kernel, "errors": errors}
 
 
 def tls(address: str, port: int = 443, count: int = 3, timeout: float = 5.0) -> dict[str, Any]:
@@ -55,7 +86,7 @@ def tls(address: str, port: int = 443, count: int = 3, timeout: float = 5.0) -> 
     connects: list[float] = []
     handshakes: list[float] = []
     for _ in range(count):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as raw:
+        with socket.socket(_family(address), socket.SOCK_STREAM) as raw:
             raw.settimeout(timeout)
             start = time.perf_counter()
             raw.connect((address, port))

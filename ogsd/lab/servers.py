@@ -2,7 +2,8 @@
 
 Run as `ip netns exec <name>-s python -m ogsd.lab.servers` by `Lab.up`. A `reload` on the
 control socket re-reads the spec and adds or closes listeners to match it (a gateway in
-`refuse` mode has none, so its kernel answers RST).
+`refuse` mode has none, so its kernel answers RST). Every listener exists for both of a
+gateway's addresses (IPv4, IPv6).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import resource
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,14 +41,27 @@ HTTP_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n"
     b"Connection: close\r\n\r\nogsd-lab"
 )
-IP_FREEBIND = 15  # linux/in.h: bind before `Lab.set` has finished adding the address
+# What an `error` gateway answers on 443: a server that is up but failing.
+HTTP_503_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 12\r\nConnection: close\r\n\r\nogsd-lab 503"
+)
+# linux/in.h, linux/in6.h: bind before `Lab.set` has finished adding the address.
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+PORTS = {"tls": 443, "tls-error": 443, "http": 80, "dns-udp": 53, "dns-tcp": 53}
 
 
 def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
     """A fresh self-signed certificate for every gateway name and address; its context."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(gw.host) for gw in spec.gateways]
-    names += [x509.IPAddress(ipaddress.ip_address(gw.address)) for gw in spec.gateways]
+    names += [
+        x509.IPAddress(ipaddress.ip_address(a))
+        for gw in spec.gateways
+        for a in (gw.address, gw.address6)
+        if a is not None
+    ]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ogsd lab gateway")])
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -77,9 +91,10 @@ def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
 
 
 class HttpResponder(asyncio.Protocol):
-    """Answers the first HTTP request on a connection with a small 200, then closes."""
+    """Answers the first HTTP request on a connection with `response`, then closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, response: bytes = HTTP_RESPONSE) -> None:
+        self.response = response
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -90,7 +105,7 @@ class HttpResponder(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if b"\r\n\r\n" in self.buffer and self.transport is not None:
-            self.transport.write(HTTP_RESPONSE)
+            self.transport.write(self.response)
             self.transport.close()
 
 
@@ -139,78 +154,110 @@ async def wait_client_hello(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
+Closer = Callable[[], Awaitable[None]]
+
+
 class Servers:
     """Every listener of the server namespace, kept in line with the spec."""
 
     def __init__(self, spec_path: Path) -> None:
         self.spec_path = spec_path
+        self.state_dir = spec_path.parent
         self.spec = LabSpec()
         self.zone: dnszone.Zone = {}
         self.context: ssl.SSLContext | None = None
         self.hosts: frozenset[str] = frozenset()
-        self.listeners: dict[tuple[str, str], Callable[[], object]] = {}
+        self.listeners: dict[tuple[str, str], Closer] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def gateway(self, address: str) -> GatewaySpec | None:
-        """The gateway at `address` in the current spec."""
-        return next((g for g in self.spec.gateways if g.address == address), None)
+        """The gateway at `address` (either family) in the current spec."""
+        return next((g for g in self.spec.gateways if address in (g.address, g.address6)), None)
+
+    def wanted_listeners(self, spec: LabSpec) -> set[tuple[str, str]]:
+        """(kind, address) of every listener the spec asks for."""
+        wanted: set[tuple[str, str]] = set()
+        for gw in spec.gateways:
+            addresses = [a for a in (gw.address, gw.address6) if a is not None]
+            if gw.mode == GatewayMode.ERROR:
+                wanted |= {("tls-error", a) for a in addresses}
+            elif gw.mode != GatewayMode.REFUSE:
+                wanted |= {("tls", a) for a in addresses}
+            if gw.http:
+                wanted |= {("http", a) for a in addresses}
+        wanted |= {(kind, s) for s in spec.dns.servers for kind in ("dns-udp", "dns-tcp")}
+        return wanted
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the spec; open and close listeners to match it."""
         spec = lab_spec.load(self.spec_path)
-        hosts = frozenset(g.host + "/" + g.address for g in spec.gateways)
+        hosts = frozenset(f"{g.host}/{g.address}/{g.address6}" for g in spec.gateways)
         if self.context is None or hosts != self.hosts:
-            self.context = make_certificate(spec, self.spec_path.parent)
+            self.context = make_certificate(spec, self.state_dir)
             self.hosts = hosts
         self.spec, self.zone = spec, dnszone.build_zone(spec)
-        wanted: set[tuple[str, str]] = set()
-        for gw in spec.gateways:
-            if gw.mode != GatewayMode.REFUSE:
-                wanted.add(("tls", gw.address))
-                if gw.http:
-                    wanted.add(("http", gw.address))
-        wanted |= {(kind, s) for s in spec.dns.servers for kind in ("dns-udp", "dns-tcp")}
+        wanted = self.wanted_listeners(spec)
+        # Close first: a mode change moves port 443 from one server to another.
         for key in set(self.listeners) - wanted:
-            self.listeners.pop(key)()
+            await self.listeners.pop(key)()
         for key in sorted(wanted - set(self.listeners)):
             self.listeners[key] = await self.listen(*key)
         return {"listeners": len(self.listeners)}
 
-    async def listen(self, kind: str, address: str) -> Callable[[], object]:
-        """Open one listener; the function that closes it."""
+    async def listen(self, kind: str, address: str) -> Closer:
+        """Open one listener; the coroutine function that closes it."""
         loop = asyncio.get_running_loop()
         udp = kind == "dns-udp"
-        port = {"tls": 443, "http": 80}.get(kind, 53)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        v6 = ":" in address
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        sock.bind((address, port))
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, PORTS[kind]))
         sock.setblocking(False)
         if udp:
             transport, _ = await loop.create_datagram_endpoint(lambda: DnsUdp(self), sock=sock)
-            return transport.close
+
+            async def close_transport() -> None:
+                transport.close()
+
+            return close_transport
         sock.listen(LISTEN_BACKLOG)
         if kind == "dns-tcp":
             server = await asyncio.start_server(
                 self.serve_dns_tcp, sock=sock, backlog=LISTEN_BACKLOG
             )
-            return server.close
-        task = loop.create_task(self.accept_loop(sock, tls=kind == "tls"))
-        return task.cancel
 
-    async def accept_loop(self, listener: socket.socket, *, tls: bool) -> None:
+            async def close_server() -> None:
+                server.close()  # closes the listening socket at once
+
+            return close_server
+        response = HTTP_503_RESPONSE if kind == "tls-error" else HTTP_RESPONSE
+        task = loop.create_task(self.accept_loop(sock, tls=kind != "http", response=response))
+
+        async def close_accept_loop() -> None:
+            task.cancel()  # its `finally` closes the socket; wait, so the port is free
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return close_accept_loop
+
+    async def accept_loop(self, listener: socket.socket, *, tls: bool, response: bytes) -> None:
         """Accept connections until cancelled; each gets its own task."""
         loop = asyncio.get_running_loop()
         try:
             while True:
                 conn, _ = await loop.sock_accept(listener)
-                task = loop.create_task(self.serve_connection(conn, tls=tls))
+                task = loop.create_task(self.serve_connection(conn, tls=tls, response=response))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         finally:
             listener.close()
 
-    async def serve_connection(self, conn: socket.socket, *, tls: bool) -> None:
+    async def serve_connection(self, conn: socket.socket, *, tls: bool, response: bytes) -> None:
         """HTTP(S) on one accepted connection, after the gateway's stall if it has one."""
         loop = asyncio.get_running_loop()
         # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP, not ours
@@ -225,7 +272,9 @@ class Servers:
                     await wait_client_hello(conn)
                     await asyncio.sleep(gw.stall_ms / 1000)  # the emulated server-side stall
                 context = self.context
-            await loop.connect_accepted_socket(HttpResponder, conn, ssl=context)
+            await loop.connect_accepted_socket(
+                lambda: HttpResponder(response), conn, ssl=context
+            )
         except (OSError, TimeoutError, ssl.SSLError):
             conn.close()
 

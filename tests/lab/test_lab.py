@@ -21,13 +21,15 @@ TOLERANCE_MS = 1.5  # issue 3's bound on the median
 
 
 def median_connect(lab: Lab, address: str, count: int = 5) -> float:
+    """The median of the kernel's handshake RTTs: what the relay did, without the measuring
+    process's wake-up (late by up to tens of ms on this shared machine under load)."""
     [result] = lab.measure([{"op": "connect", "address": address, "count": count}])
     assert not result["errors"], result
-    return float(statistics.median(result["times_ms"]))
+    return float(statistics.median(result["kernel_ms"]))
 
 
 def leftovers(name: str) -> list[Path]:
-    paths = [NETNS_DIR / f"{name}-c", NETNS_DIR / f"{name}-s", NETNS_ETC / f"{name}-c"]
+    paths = [base / f"{name}-{ns}" for base in (NETNS_DIR, NETNS_ETC) for ns in "crs"]
     return [p for p in [*paths, Path("/run/ogsd-lab") / name] if p.exists()]
 
 
@@ -53,7 +55,18 @@ def test_dns_drop_mode_really_drops(make_lab: LabFactory) -> None:
     assert still["answers"] == ["gw-1.lab.example."]
 
 
-def test_modes_change_live_refuse_blackhole_normal(make_lab: LabFactory) -> None:
+HTTPS_GET = """
+import socket, ssl, sys
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+with socket.create_connection((sys.argv[1], 443), timeout=5) as raw:
+    with context.wrap_socket(raw) as conn:
+        conn.sendall(b"GET / HTTP/1.1\\r\\nHost: lab\\r\\n\\r\\n")
+        print(conn.recv(1024).split(b"\\r\\n")[0].decode())
+"""
+
+
+def test_modes_change_live_refuse_blackhole_error_normal(make_lab: LabFactory) -> None:
     lab = make_lab(LabSpec.simple([10]))
     host = "gw-1.lab.example"
     step = {"op": "connect", "address": "198.19.1.1", "count": 1, "timeout": 0.5}
@@ -63,8 +76,13 @@ def test_modes_change_live_refuse_blackhole_normal(make_lab: LabFactory) -> None
     lab.set(lab.spec.with_gateway(host, mode="blackhole"))
     [blackholed] = lab.measure([step])
     assert "timeout" in blackholed["errors"][0]
+    lab.set(lab.spec.with_gateway(host, mode="error"))
+    answered = lab.exec([sys.executable, "-c", HTTPS_GET, "198.19.1.1"])
+    assert answered.stdout.strip() == "HTTP/1.1 503 Service Unavailable", answered.stderr
     lab.set(lab.spec.with_gateway(host, mode="normal"))
     assert abs(median_connect(lab, "198.19.1.1", 3) - 10) <= TOLERANCE_MS
+    answered = lab.exec([sys.executable, "-c", HTTPS_GET, "198.19.1.1"])
+    assert answered.stdout.strip() == "HTTP/1.1 200 OK", answered.stderr
 
 
 def test_location_moves_through_resolv_conf_and_dns(make_lab: LabFactory) -> None:
