@@ -4,26 +4,36 @@
         lab = make_lab(LabSpec.simple([20, 45, 80, 150]))
         done = lab.exec([sys.executable, "-m", "ogsd", "evaluate", ...])
 
+    def test_tunnel(make_vpn_lab: LabFactory) -> None:   # also needs ocserv + openconnect
+        lab = make_vpn_lab(LabSpec.simple([20, 80]).with_gateway("gw-1.lab.example", vpn=True))
+        vpn = lab.openconnect("gw-1.lab.example")
+        vpn.wait_connected()
+
 Every lab gets a unique name (other sessions may run labs on this machine at the same
-time) and is taken down when its fixture ends, whatever the test did.
+time) and is taken down when its fixture ends, whatever the test did: processes started
+in it (lab.popen, lab.openconnect) are stopped, its namespaces and files removed.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from ogsd.lab import Lab, LabSpec
+from ogsd.lab.ocserv import OCCTL, OCPASSWD, OCSERV
+from ogsd.lab.vpnclient import OPENCONNECT, VPNC_SCRIPT
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # "olab" + 6 hex: unique per lab, short enough for "<name>-c" as an interface name.
 NAME_PREFIX = "olab"
 
 LabFactory = Callable[[LabSpec], Lab]
+VPN_PACKAGES = "ocserv openconnect vpnc-scripts"
 
 
 def lab_name() -> str:
@@ -36,6 +46,19 @@ def require_root() -> None:
     if os.geteuid() == 0:
         return
     reason = "the lab needs root (network namespaces, TUN devices)"
+    if IN_CI:
+        pytest.fail(f"{reason}, and CI=true forbids skipping")
+    pytest.skip(reason)
+
+
+def require_vpn() -> None:
+    """Skip (fail under CI=true) without ocserv, openconnect and vpnc-scripts."""
+    require_root()
+    programs = (OCSERV, OCPASSWD, OCCTL, OPENCONNECT, VPNC_SCRIPT)
+    missing = [p for p in programs if not shutil.which(p)]
+    if not missing:
+        return
+    reason = f"VPN gateways need {', '.join(missing)} (apt-get install {VPN_PACKAGES})"
     if IN_CI:
         pytest.fail(f"{reason}, and CI=true forbids skipping")
     pytest.skip(reason)
@@ -85,3 +108,10 @@ def session_lab_factory(lab_orphans_removed: None) -> Iterator[LabFactory]:
     """Like make_lab, but the labs live for the whole session."""
     with _labs() as make:
         yield make
+
+
+@pytest.fixture
+def make_vpn_lab(make_lab: LabFactory) -> LabFactory:
+    """make_lab for tests that run ocserv/openconnect: skips (fails in CI) if they are missing."""
+    require_vpn()
+    return make_lab

@@ -1,8 +1,8 @@
 """A network lab for ogsd: gateways at controlled distances, in network namespaces.
 
 `Lab.up(spec, name)` builds a client, a router and a server namespace; the client's
-Ethernet uplink reaches the gateways through the router and a delaying relay. See
-docs/lab.md.
+Ethernet uplink reaches the gateways through the router and a delaying relay. Gateways
+may be real VPN gateways (ocserv), reached with `lab.openconnect(host)`. See docs/lab.md.
 """
 
 from ogsd.lab.errors import LabError
@@ -17,6 +17,7 @@ from ogsd.lab.spec import (
     TunnelMode,
     UplinkSpec,
 )
+from ogsd.lab.vpnclient import VpnClient, VpnError, VpnEvent
 
 __all__ = [
     "DEFAULT_NAME",
@@ -30,4 +31,7 @@ __all__ = [
     "SpecError",
     "TunnelMode",
     "UplinkSpec",
+    "VpnClient",
+    "VpnError",
+    "VpnEvent",
 ]

@@ -38,6 +38,17 @@ def _print_status(status: dict[str, Any]) -> None:
         f"  location: search {spec['domain']}, nameserver {', '.join(spec['dns']['servers'])} "
         f"(dns mode {spec['dns']['mode']}) in {status['resolv_conf']}"
     )
+    vpns = status["vpns"]
+    if vpns:
+        vpn = status["vpn"]
+        print(
+            f"  vpn: user {vpn['user']}, password {vpn['password']}, "
+            f"--servercert {vpn['servercert']}, domain {spec['vpn_domain']}"
+        )
+        if "error" in vpns:
+            print(f"  ocserv: {vpns['error']}")
+        for host, v in vpns.items() if "error" not in vpns else ():
+            print(f"  ocserv {host}: pid {v['pid']} {'alive' if v['alive'] else 'DEAD'}")
     rows = [("host", "address", "rtt_ms", "jitter", "loss", "mode", "stall_ms", "http", "vpn")]
     rows += [
         (

@@ -15,13 +15,15 @@ class ControlError(RuntimeError):
     """A lab process did not answer, or answered with an error."""
 
 
-def request(path: str, op: str, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
-    """Send `{"op": op}` to the control socket at `path`; return the reply or raise."""
+def request(
+    path: str, op: str, timeout: float = CONTROL_TIMEOUT_S, **fields: Any
+) -> dict[str, Any]:
+    """Send `{"op": op, **fields}` to the control socket at `path`; return the reply or raise."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
-            sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)

@@ -21,9 +21,11 @@ from ogsd.lab import procs, topology
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.control import ControlError, request
 from ogsd.lab.errors import LabError
+from ogsd.lab.labvpn import VpnGateways
 from ogsd.lab.spec import LabSpec
 from ogsd.lab.topology import Names
 from ogsd.lab.tun import open_tun
+from ogsd.lab.vpnclient import OPENCONNECT_PIDS, VpnClient
 
 # LabError: importable from here, as before.
 __all__ = ["DEFAULT_NAME", "Lab", "LabError", "missing_extra"]
@@ -36,6 +38,8 @@ NETNS_ETC = Path("/etc/netns")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,12}$")
 # Python start-up plus a certificate: well under a second; ten covers a loaded machine.
 READY_TIMEOUT_S = 10.0
+# A set that stops (~1.5 s each, gracefully) or starts ocserv instances waits for them.
+RELOAD_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = procs.STOP_TIMEOUT_S
 
 
@@ -64,7 +68,7 @@ def _sysctl(netns: str, settings: Sequence[str]) -> None:
         raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
-class Lab:
+class Lab(VpnGateways):
     """A running lab. Make one with `Lab.up(spec, name)` or find one with `Lab.attach(name)`."""
 
     uplink = topology.UPLINK  # the client's uplink device ("eth0")
@@ -78,8 +82,10 @@ class Lab:
         self.server_ns = self.names.server
         self.state_dir = RUN_DIR / name
         self.resolv_conf = NETNS_ETC / self.client_ns / "resolv.conf"
+        self.hosts_file = NETNS_ETC / self.server_ns / "hosts"
         self.cert_path = self.state_dir / "cert.pem"  # the gateways' self-signed certificate
         self._children: list[subprocess.Popen[Any]] = []
+        self._vpn_clients: list[VpnClient] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -172,6 +178,7 @@ class Lab:
             )
             _ip("-n", n.client, batch=[*topology.client_base(), *topology.client_up(spec)])
             self._write_resolv_conf(spec)
+            self._write_hosts(spec)  # before the servers start: `ip netns exec` mounts it
             relay = self._spawn(
                 "relay", ["--client-fd", str(fds[0]), "--server-fd", str(fds[1])], fds
             )
@@ -250,11 +257,12 @@ class Lab:
         added, removed = spec.addresses() - old.addresses(), old.addresses() - spec.addresses()
         if added:
             _ip("-n", n.server, batch=topology.server_addresses(added, "add"))
+        self._write_hosts(spec)  # ocserv resolves its listen-host when it starts
         self._write_spec(spec)
         if moving:
             _ip("-n", n.client, batch=topology.client_down())
         try:
-            request(str(self.state_dir / "servers.sock"), "reload")
+            request(str(self.state_dir / "servers.sock"), "reload", timeout=RELOAD_TIMEOUT_S)
             request(str(self.state_dir / "relay.sock"), "reload")
         except ControlError as exc:
             raise LabError(f"lab {self.name!r}: {exc}") from None
@@ -279,18 +287,23 @@ class Lab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_TIMEOUT_S)
         self._children.clear()
+        for client in self._vpn_clients:
+            client.close()
+        self._vpn_clients.clear()
 
     @classmethod
     def teardown(cls, name: str) -> None:
         """Remove what lab `name` left, whether it is up, half up or crashed.
 
-        Every process in the lab's namespaces is stopped, the client's first with SIGTERM,
-        then the server namespace's with SIGKILL (the servers need no goodbye), then the
-        relay; then the namespaces and files go.
+        Every process in the lab's namespaces is stopped, the client's first with SIGTERM
+        (openconnect logs out while its gateway still runs), then the server namespace's
+        (servers, ocserv, also those a crash left) with SIGKILL, then the relay; then the
+        namespaces and files go.
         """
         lab = cls(cls.check_name(name), LabSpec())
         for ns in lab.names.all():
             if (NETNS_DIR / ns).exists():
+                # Servers need no goodbye, and ocserv's own SIGTERM shutdown takes 1 s.
                 first = signal.SIGKILL if ns == lab.server_ns else signal.SIGTERM
                 procs.stop_all(procs.in_netns(ns), first=first)
         pids: set[int] = set()
@@ -298,6 +311,11 @@ class Lab:
             with contextlib.suppress(OSError, ValueError):
                 pids.add(int((lab.state_dir / f"{what}.pid").read_text()))
         procs.stop_all(p for p in pids if procs.is_ours(p, lab.state_dir))
+        started: list[int] = []
+        with contextlib.suppress(OSError):
+            text = (lab.state_dir / OPENCONNECT_PIDS).read_text()
+            started = [int(p) for p in text.split() if p.isdigit()]
+        procs.remove_vpnc_state(lab.resolv_marker, started)
         for ns in lab.names.all():
             if (NETNS_DIR / ns).exists():
                 _ip("netns", "del", ns)
@@ -373,7 +391,7 @@ class Lab:
         return {k: int(v) for k, v in state["pids"].items()}
 
     def status(self) -> dict[str, Any]:
-        """What is running, the relay's counters, and the spec."""
+        """What is running (ocserv instances included), the relay's counters, and the spec."""
         processes = {}
         try:
             pids = self.pids()
@@ -387,16 +405,30 @@ class Lab:
             relay.pop("ok", None)
         except ControlError as exc:
             relay = {"error": str(exc)}
+        try:
+            vpns = request(str(self.state_dir / "servers.sock"), "status")["vpns"]
+        except ControlError as exc:
+            vpns = {"error": str(exc)}
+        try:
+            servercert: str | None = self.vpn_servercert
+        except LabError:
+            servercert = None
         return {
             "name": self.name,
             "namespaces": {ns: (NETNS_DIR / ns).exists() for ns in self.names.all()},
             "processes": processes,
             "relay": relay,
+            "vpns": vpns,
             "resolv_conf": str(self.resolv_conf),
             "uplink": {
                 "device": self.uplink,
                 "router": self.spec.router,
                 "router6": self.spec.router6,
+            },
+            "vpn": {
+                "user": self.vpn_user,
+                "password": self.vpn_password,
+                "servercert": servercert,
             },
             "spec": json.loads(self.spec.to_json()),
         }
@@ -417,11 +449,19 @@ class Lab:
         with path.open("w") as out:
             out.write(text)
 
+    @property
+    def resolv_marker(self) -> str:
+        """In the lab's resolv.conf, so vpnc-script's copies of it name the lab too."""
+        return f"for lab {self.name};"
+
     def _write_resolv_conf(self, spec: LabSpec) -> None:
         lines = [f"search {spec.domain}", *(f"nameserver {s}" for s in spec.dns.servers)]
         self._write_in_place(
             self.resolv_conf,
-            "# written by ogsd.lab; removed by `python -m ogsd.lab down`\n"
+            f"# written by ogsd.lab {self.resolv_marker} removed by `python -m ogsd.lab down`\n"
             + "\n".join(lines)
             + "\n",
         )
+
+    def _write_hosts(self, spec: LabSpec) -> None:
+        self._write_in_place(self.hosts_file, topology.hosts_file(spec))

@@ -11,8 +11,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-# A process that ignores SIGTERM this long gets SIGKILL.
+# A process that ignores SIGTERM this long gets SIGKILL (openconnect's logout is one RTT).
 STOP_TIMEOUT_S = 3.0
+# What vpnc-script leaves in /var/run/vpnc for an openconnect pid when it is not run at exit.
+VPNC_STATE = Path("/var/run/vpnc")
+VPNC_FILES = ("resolv.conf-backup", "defaultroute", "defaultroute_ipv6")
 
 
 def is_ours(pid: int, state_dir: Path) -> bool:
@@ -30,6 +33,19 @@ def in_netns(netns: str) -> set[int]:
         ["ip", "netns", "pids", netns], capture_output=True, text=True, check=False
     )
     return {int(p) for p in found.stdout.split() if p.isdigit()}
+
+
+def in_group(pgid: int) -> set[int]:
+    """Every process in process group `pgid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # after the command: state, ppid, pgrp
+            found.add(int(stat.parent.name))
+    return found
 
 
 def stop_all(
@@ -61,3 +77,28 @@ def stop_all(
         for fd in fds.values():
             os.close(fd)
 
+
+def running(pid: int) -> bool:
+    """True unless `pid` has exited (a zombie waiting to be reaped has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def remove_vpnc_state(marker: str, started: Iterable[int]) -> None:
+    """Delete what vpnc-script left for openconnect processes that are gone: those whose
+    saved resolv.conf carries `marker` (whoever started them: killed, they never restored
+    it), and those in `started` (an uplink without an IPv4 default route leaves an empty
+    defaultroute file even after a clean disconnect)."""
+    pids = {int(p) for p in started}
+    for backup in VPNC_STATE.glob("resolv.conf-backup.*"):
+        suffix = backup.name.rsplit(".", 1)[1]
+        with contextlib.suppress(OSError):
+            if suffix.isdigit() and marker in backup.read_text(errors="replace"):
+                pids.add(int(suffix))
+    for pid in pids:
+        if not running(pid):
+            for name in VPNC_FILES:
+                (VPNC_STATE / f"{name}.{pid}").unlink(missing_ok=True)

@@ -1,21 +1,24 @@
-"""The server namespace's process: TLS on 443 and HTTP on 80 per gateway, DNS on 53.
+"""The server namespace's process: TLS on 443 and HTTP on 80 per gateway, DNS on 53, ocserv.
 
 Run as `ip netns exec <name>-s python -m ogsd.lab.servers` by `Lab.up`. A `reload` on the
 control socket re-reads the spec and adds or closes listeners to match it (a gateway in
-`refuse` mode has none, so its kernel answers RST). Every listener exists for both of a
-gateway's addresses (IPv4, IPv6).
+`refuse` mode has none, so its kernel answers RST), and starts or stops the ocserv of each
+`vpn` gateway. Every listener exists for both of a gateway's addresses (IPv4, IPv6).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
 import resource
+import signal
 import socket
 import ssl
 import sys
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ogsd.lab import dnszone
+from ogsd.lab import ocserv as lab_ocserv
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.spec import GatewayMode, GatewaySpec, LabSpec
 
@@ -53,8 +57,25 @@ PORTS = {"tls": 443, "tls-error": 443, "http": 80, "dns-udp": 53, "dns-tcp": 53}
 
 
 def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
-    """A fresh self-signed certificate for every gateway name and address; its context."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A self-signed certificate for every gateway name and address; its context.
+
+    The key is made once per lab and kept, so the `pin-sha256` openconnect checks stays
+    the same when a `set` adds gateways and the certificate is re-signed.
+    """
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if key_path.exists():
+        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        key = loaded
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     names: list[x509.GeneralName] = [x509.DNSName(gw.host) for gw in spec.gateways]
     names += [
         x509.IPAddress(ipaddress.ip_address(a))
@@ -76,15 +97,15 @@ def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(key, hashes.SHA256())
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    tmp = cert_path.with_suffix(".tmp")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(cert_path)  # a starting ocserv never reads half a certificate
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # openconnect's --servercert pin, for Lab.vpn_servercert (the lab's side has no crypto).
+    pin = "pin-sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    (directory / lab_ocserv.PIN_FILE).write_text(pin + "\n")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context
@@ -158,7 +179,7 @@ Closer = Callable[[], Awaitable[None]]
 
 
 class Servers:
-    """Every listener of the server namespace, kept in line with the spec."""
+    """Every listener and ocserv of the server namespace, kept in line with the spec."""
 
     def __init__(self, spec_path: Path) -> None:
         self.spec_path = spec_path
@@ -168,7 +189,9 @@ class Servers:
         self.context: ssl.SSLContext | None = None
         self.hosts: frozenset[str] = frozenset()
         self.listeners: dict[tuple[str, str], Closer] = {}
+        self.vpns: dict[str, lab_ocserv.Ocserv] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.lock = asyncio.Lock()  # one reload or restart at a time
 
     def gateway(self, address: str) -> GatewaySpec | None:
         """The gateway at `address` (either family) in the current spec."""
@@ -181,28 +204,83 @@ class Servers:
             addresses = [a for a in (gw.address, gw.address6) if a is not None]
             if gw.mode == GatewayMode.ERROR:
                 wanted |= {("tls-error", a) for a in addresses}
-            elif gw.mode != GatewayMode.REFUSE:
+            elif gw.mode != GatewayMode.REFUSE and not gw.vpn:  # ocserv owns a VPN's 443
                 wanted |= {("tls", a) for a in addresses}
             if gw.http:
                 wanted |= {("http", a) for a in addresses}
+            if gw.internal_address is not None:  # the VPN's DNS and web server, inside
+                wanted |= {(k, gw.internal_address) for k in ("dns-udp", "dns-tcp", "http")}
         wanted |= {(kind, s) for s in spec.dns.servers for kind in ("dns-udp", "dns-tcp")}
         return wanted
 
+    def wanted_vpns(self, spec: LabSpec) -> dict[str, lab_ocserv.Ocserv]:
+        """An ocserv (not started) for every VPN gateway that should be serving."""
+        wanted = {}
+        for gw in spec.vpn_gateways():
+            if gw.mode in (GatewayMode.NORMAL, GatewayMode.BLACKHOLE):
+                paths = lab_ocserv.Paths.of(self.state_dir, gw)
+                conf = lab_ocserv.config(gw, spec, paths)
+                wanted[gw.host] = lab_ocserv.Ocserv(gw.host, conf, paths)
+        return wanted
+
     async def reload(self) -> dict[str, Any]:
-        """Re-read the spec; open and close listeners to match it."""
-        spec = lab_spec.load(self.spec_path)
-        hosts = frozenset(f"{g.host}/{g.address}/{g.address6}" for g in spec.gateways)
-        if self.context is None or hosts != self.hosts:
-            self.context = make_certificate(spec, self.state_dir)
-            self.hosts = hosts
-        self.spec, self.zone = spec, dnszone.build_zone(spec)
-        wanted = self.wanted_listeners(spec)
-        # Close first: a mode change moves port 443 from one server to another.
-        for key in set(self.listeners) - wanted:
-            await self.listeners.pop(key)()
-        for key in sorted(wanted - set(self.listeners)):
-            self.listeners[key] = await self.listen(*key)
-        return {"listeners": len(self.listeners)}
+        """Re-read the spec; open and close listeners, start and stop ocserv to match it."""
+        async with self.lock:
+            spec = lab_spec.load(self.spec_path)
+            hosts = frozenset(f"{g.host}/{g.address}/{g.address6}" for g in spec.gateways)
+            if self.context is None or hosts != self.hosts:
+                self.context = make_certificate(spec, self.state_dir)
+                self.hosts = hosts
+            self.spec, self.zone = spec, dnszone.build_zone(spec)
+            wanted = self.wanted_listeners(spec)
+            vpns = self.wanted_vpns(spec)
+            # Close and stop first: a mode change moves port 443 from one server to another.
+            for key in set(self.listeners) - wanted:
+                await self.listeners.pop(key)()
+            for host, vpn in list(self.vpns.items()):
+                if host not in vpns or vpns[host].conf != vpn.conf or not vpn.alive:
+                    await self.vpns.pop(host).stop()
+            for key in sorted(wanted - set(self.listeners)):
+                self.listeners[key] = await self.listen(*key)
+            for host, vpn in vpns.items():
+                if host not in self.vpns:
+                    if not vpn.paths.passwd.exists():  # only labs with VPNs need ocpasswd
+                        lab_ocserv.write_passwd(vpn.paths.passwd)
+                    await vpn.start()
+                    self.vpns[host] = vpn
+            return {"listeners": len(self.listeners), "vpns": sorted(self.vpns)}
+
+    async def restart_vpn(self, host: str) -> dict[str, Any]:
+        """Stop and start one gateway's ocserv (sessions are lost, as on a real restart)."""
+        async with self.lock:
+            vpn = self.vpns.pop(host, None)
+            if vpn is None:
+                raise ValueError(f"{host} is not a serving VPN gateway")
+            await vpn.stop()
+            fresh = lab_ocserv.Ocserv(host, vpn.conf, vpn.paths)
+            await fresh.start()
+            self.vpns[host] = fresh
+            return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """The ocserv instances: pid, alive, log."""
+        vpns = {
+            host: {
+                "pid": vpn.proc.pid if vpn.proc else None,
+                "alive": vpn.alive,
+                "log": str(vpn.log),
+                "occtl_socket": str(vpn.paths.directory / "occtl.sock"),
+            }
+            for host, vpn in self.vpns.items()
+        }
+        return {"vpns": vpns, "listeners": len(self.listeners)}
+
+    async def shutdown(self) -> None:
+        """Kill every ocserv (they run in their own sessions and would outlive us)."""
+        async with self.lock:
+            for vpn in self.vpns.values():
+                await vpn.stop(graceful=False)  # the lab is going down: no one to tell
+            self.vpns.clear()
 
     async def listen(self, kind: str, address: str) -> Closer:
         """Open one listener; the coroutine function that closes it."""
@@ -299,12 +377,20 @@ class Servers:
     async def serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """One control request: `reload` or `ping`."""
+        """One control request: `reload`, `status`, `restart_vpn` (with `host`) or `ping`."""
         line = await reader.readline()
         reply: dict[str, Any] = {"ok": True}
         try:
-            if json.loads(line).get("op") == "reload":
+            request = json.loads(line)
+            op = request.get("op")
+            if op == "reload":
                 reply.update(await self.reload())
+            elif op == "status":
+                reply.update(self.status())
+            elif op == "restart_vpn":
+                reply.update(await self.restart_vpn(str(request.get("host"))))
+            elif op != "ping":
+                reply = {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:  # a bad spec must not kill the lab; the caller learns why
             reply = {"ok": False, "error": str(exc)}
         writer.write(json.dumps(reply).encode() + b"\n")
@@ -313,14 +399,21 @@ class Servers:
 
 
 async def run(spec_path: Path, control_path: str, ready_fd: int) -> None:
-    """Start every listener and the control socket; serve until killed."""
+    """Start every listener, ocserv and the control socket; serve until SIGTERM."""
     servers = Servers(spec_path)
-    await servers.reload()
-    control = await asyncio.start_unix_server(servers.serve_control, control_path)
-    os.write(ready_fd, b"ready\n")
-    os.close(ready_fd)
-    async with control:
-        await control.serve_forever()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await servers.reload()
+        control = await asyncio.start_unix_server(servers.serve_control, control_path)
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+        async with control:
+            await stop.wait()
+    finally:
+        await servers.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each concurrent connection is a socket here; 1,000 of them exceed a 1,024 soft limit.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(Path(args.spec), args.control, args.ready_fd))
+    asyncio.run(run(Path(args.spec), args.control, args.ready_fd))
     return 0
 
 

@@ -160,3 +160,10 @@ def client_base() -> list[str]:
         f"route add unreachable {VPN_NETWORK} metric {UNREACHABLE_METRIC}",
     ]
 
+
+def hosts_file(spec: LabSpec) -> str:
+    """The server namespace's /etc/hosts: ocserv's `listen-host` names, both families."""
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    for gw in spec.gateways:
+        lines += [f"{a} {gw.host}" for a in (gw.address, gw.address6) if a is not None]
+    return "# written by ogsd.lab\n" + "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.lab import Lab, LabError, LabSpec
+from ogsd.lab import Lab, LabError, LabSpec, procs
 from ogsd.lab.lab import NETNS_DIR, NETNS_ETC
 from tests.lab_fixtures import LabFactory, lab_name
 
@@ -129,12 +129,15 @@ def test_up_refuses_a_taken_name_and_down_removes_everything(make_lab: LabFactor
         assert not Path(f"/proc/{pid}").exists()
 
 
-def test_down_cleans_up_after_a_crash(make_lab: LabFactory) -> None:
-    lab = make_lab(LabSpec.simple([5]))
+def test_down_cleans_up_after_a_crash(make_vpn_lab: LabFactory) -> None:
+    lab = make_vpn_lab(LabSpec.simple([5, 5]).with_gateway("gw-2.lab.example", vpn=True))
+    ocserv = lab.vpn_pid("gw-2.lab.example")
     for pid in lab.pids().values():
         os.kill(pid, signal.SIGKILL)
+    assert procs.running(ocserv)  # in its own session: the crash left it running
     Lab.teardown(lab.name)
     assert leftovers(lab.name) == []
+    assert not procs.running(ocserv)
 
 
 def test_cli_status_set_down_and_errors(tmp_path: Path) -> None:

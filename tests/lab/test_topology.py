@@ -1,11 +1,15 @@
-"""The lab's wiring as data: what `ip` is told for each namespace."""
+"""The lab's wiring as data: what `ip` is told for each namespace, and ocserv's config."""
 
 from __future__ import annotations
 
-from ogsd.lab.spec import DNS_ADDRESS6, LabSpec
+from pathlib import Path
+
+from ogsd.lab import ocserv
+from ogsd.lab.spec import DNS_ADDRESS6, GatewaySpec, LabSpec, TunnelMode, validate
 from ogsd.lab.topology import (
     Names,
     client_up,
+    hosts_file,
     proxied,
     proxies,
     random_mac,
@@ -57,3 +61,37 @@ def test_a_roam_gives_the_router_new_addresses_and_mac() -> None:
     assert "addr add 2001:2:0:b::1/64 dev lan0 nodad" in lines
     assert lines[-1] == "link set lan0 up"
 
+
+def test_hosts_file_names_both_families_for_ocserv() -> None:
+    spec = LabSpec.simple([10, 20], ipv6=True)
+    text = hosts_file(spec)
+    assert "198.19.1.1 gw-1.lab.example\n2001:2:0:1::1 gw-1.lab.example\n" in text
+
+
+def test_ocserv_config_per_gateway() -> None:
+    spec = validate(
+        LabSpec(
+            gateways=(
+                GatewaySpec("vpn-a.lab.example", "198.19.1.1", vpn=True),
+                GatewaySpec("vpn-b.lab.example", "198.19.2.1", vpn=True, tunnel=TunnelMode.SPLIT),
+            )
+        )
+    )
+    state = Path("/run/ogsd-lab/olabtest")
+    confs: dict[str, dict[str, str]] = {}
+    routes: dict[str, list[str]] = {}
+    for gw in spec.gateways:
+        text = ocserv.config(gw, spec, ocserv.Paths.of(state, gw))
+        lines = [line.split(" = ", 1) for line in text.splitlines()]
+        confs[gw.host] = {k: v for k, v in lines if k != "route"}
+        routes[gw.host] = [v for k, v in lines if k == "route"]
+    a, b = confs["vpn-a.lab.example"], confs["vpn-b.lab.example"]
+    assert (a["ipv4-network"], a["dns"]) == ("198.18.128.0/24", "198.18.128.1")
+    assert routes["vpn-a.lab.example"] == ["default"]
+    assert (b["ipv4-network"], b["dns"]) == ("198.18.129.0/24", "198.18.129.1")
+    assert routes["vpn-b.lab.example"] == ["198.18.129.0/24"]
+    # Two instances in one namespace share nothing that would make them collide.
+    for key in ("socket-file", "occtl-socket-file", "pid-file", "device", "listen-host"):
+        assert a[key] != b[key], key
+    assert a["isolate-workers"] == "false"
+    assert a["default-domain"] == "vpn.lab.example"
