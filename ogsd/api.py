@@ -87,7 +87,8 @@ class Handler(Protocol):
                 "reason": str|None, "reason_text": str, "metric": str|None,
                 "decided_at": ISO-8601|None, "location": location|None, "results": [row]}
     location = {"domain": str, "servers": [str], "keys": ["domain|ip"]}
-    row      = {"host", "address", "rtt_ms", "network_rtt_ms": [..], "exchange_ms": [..],
+    row      = {"host", "address", "family": "IPv4"|"IPv6"|None, "proxy": "host:port"|None,
+                "rtt_ms", "network_rtt_ms": [..], "exchange_ms": [..],
                 "tcp_info_rtt_ms": [..], "probe_errors": [..], "error"}
     """
 

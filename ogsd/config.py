@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ogsd.address import HTTPS_PORT, Address, split_address
 from ogsd.core.models import Gateway, Metric
@@ -39,6 +40,7 @@ from ogsd.profile import (
     load_profiles,
     merge_profiles,
 )
+from ogsd.proxy import parse_proxy_url
 from ogsd.userns import OVERFLOW_ID
 
 # Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
@@ -57,18 +59,24 @@ MAX_CLIENTS_RANGE = (1, 1024)
 # A request is a small JSON line; 1 KiB..16 MiB bounds typos, not real use.
 REQUEST_MAX_BYTES_RANGE = (1024, 16 * 1024 * 1024)
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user"
+# A portal is usually logged into within a minute or two; re-checking every minute finds
+# the open network soon after, while 30-minute periods would leave the user on the
+# previous gateway for half an hour. Each retry costs one round (~1 KB per gateway).
+PORTAL_RETRY_S_DEFAULT = 60.0
+PORTAL_RETRY_S_RANGE = (5.0, 3600.0)
+PAC_SCHEMES = ("http", "https", "file")
 
 _TABLES: dict[str, tuple[str, ...]] = {
     "": ("profiles", "ogs", "gateway", "daemon", "dns"),
     "ogs": ("enabled", "improvement_percent", "improvement_floor_ms", "suspend_time_hours",
             "cache_lifetime_days", "probe_count", "round_deadline_s", "probe_timeout_s",
-            "metric", "proxy"),
+            "metric", "proxy", "proxy_url", "pac_url"),
     "gateway": ("host", "name", "user_group", "backups", "load_balancing",
                 "primary_protocol", "port"),
     "daemon": ("continuous", "period_minutes", "period_jitter", "debounce_s", "admin_group",
                "admin_uids", "socket_group", "max_clients", "max_clients_per_uid",
                "admin_reserved_clients", "request_max_bytes", "idle_timeout_s",
-               "resume_network_wait_s"),
+               "resume_network_wait_s", "portal_retry_s"),
     "dns": ("resolv_conf",),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
@@ -101,6 +109,8 @@ class DaemonConfig:
     idle_timeout: timedelta = timedelta(seconds=300)
     # How long a resume waits for the network-environment test to pass (ogsd.resume).
     resume_network_wait: timedelta = timedelta(seconds=300)
+    # After a round dropped for a captive portal: evaluate again this much later.
+    portal_retry: timedelta = timedelta(seconds=PORTAL_RETRY_S_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -391,7 +401,9 @@ def _settings(ogs: _Table, merged: MergedProfiles, warnings: list[str]) -> Setti
         round_deadline=timedelta(seconds=ogs.number("round_deadline_s", 7.0, 0.5, 60.0)),
         probe_timeout=timedelta(seconds=ogs.number("probe_timeout_s", 5.0, 0.1, 60.0)),
         metric=Metric(ogs.choice("metric", Metric.NETWORK.value, [m.value for m in Metric])),
-        proxy_mode=ogs.choice("proxy", "none", PROXY_MODES),
+        proxy_mode=_proxy_mode(ogs),
+        proxy_url=_proxy_url(ogs),
+        pac_url=_pac_url(ogs),
     )
 
 
@@ -405,6 +417,30 @@ def _admin_uids(table: _Table) -> tuple[int, ...]:
         raise table.error("admin_group", str(OVERFLOW_ID), "is the overflow gid "
                           "(\"nogroup\"): it would make everyone an admin")
     return tuple(uids)
+def _proxy_mode(ogs: _Table) -> str:
+    """`proxy`; a proxy_url alone means "static", a pac_url alone "pac"."""
+    implied = "static" if "proxy_url" in ogs.data else "pac" if "pac_url" in ogs.data else "none"
+    mode = ogs.choice("proxy", implied, PROXY_MODES)
+    if "proxy_url" in ogs.data and mode != "static":
+        raise ogs.error("proxy", mode, 'must be "static" when proxy_url is set')
+    return mode
+
+
+def _proxy_url(ogs: _Table) -> str | None:
+    url = ogs.string("proxy_url", None)
+    if url is not None:
+        try:
+            parse_proxy_url(url)
+        except ValueError as e:
+            raise ogs.error("proxy_url", url, str(e)) from None
+    return url
+
+
+def _pac_url(ogs: _Table) -> str | None:
+    url = ogs.string("pac_url", None)
+    if url is not None and urlsplit(url.strip()).scheme.lower() not in PAC_SCHEMES:
+        raise ogs.error("pac_url", url, "must be an http://, https:// or file:// URL")
+    return url
 
 
 def _daemon(table: _Table) -> DaemonConfig:
@@ -429,6 +465,8 @@ def _daemon(table: _Table) -> DaemonConfig:
                                                     MAX_IDLE_TIMEOUT_S, lo_open=True)),
         resume_network_wait=timedelta(seconds=table.number(
             "resume_network_wait_s", 300.0, 1.0, MAX_RESUME_WAIT_S)),
+        portal_retry=timedelta(seconds=table.number(
+            "portal_retry_s", PORTAL_RETRY_S_DEFAULT, *PORTAL_RETRY_S_RANGE)),
     )
 
 

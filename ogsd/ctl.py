@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ogsd.core.report import row_note, selection_table
+from ogsd.core.report import path_note, row_note, selection_table
 from ogsd.paths import client_socket
 
 EXIT_OK = 0
@@ -200,9 +200,11 @@ def format_results(result: dict[str, Any]) -> list[str]:
 
     listed.sort(key=rank)
     for row in listed:
-        error = row.get("error")
-        note = row_note(None if error is None else str(error))
-        rows.append((_text(row.get("host"), "?"), _number(row.get("rtt_ms")), note))
+        error, rtt = row.get("error"), _number(row.get("rtt_ms"))
+        family, proxy = (_text(row.get(k), "") or None for k in ("family", "proxy"))
+        note = (row_note(None if error is None else str(error)) if rtt is None
+                else path_note(family, proxy))
+        rows.append((_text(row.get("host"), "?"), rtt, note))
     selected = result.get("selected")
     lines = []
     if result.get("source") == "cache":

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -20,9 +21,9 @@ import dns.asyncresolver
 import structlog
 
 from ogsd.config import Config
-from ogsd.core.cache import entry_from_decision
-from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
-from ogsd.core.report import row_note, selection_table
+from ogsd.core.cache import check_due, entry_from_decision
+from ogsd.core.models import DaemonState, Decision, Location, ProxyCheck, Reason, Source
+from ogsd.core.report import path_note, row_note, selection_table
 from ogsd.core.selection import (
     decide_from_cache,
     decide_round,
@@ -31,12 +32,16 @@ from ogsd.core.selection import (
     rank,
 )
 from ogsd.core.triggers import Action, Trigger, plan
+from ogsd.portal import describe
 from ogsd.probe import Resolver, probe_round
+from ogsd.proxy import Proxy, from_environment
 from ogsd.store import Store, StoreError
 
 log = structlog.get_logger("ogsd.engine")
 
 Clock = Callable[[], datetime]
+# Where the system configures automatic proxy detection (a sentence), or None.
+AutoProxyProbe = Callable[[], Awaitable[str | None]]
 _A = TypeVar("_A")
 _T = TypeVar("_T")
 
@@ -81,11 +86,15 @@ class Engine:
 
     def __init__(self, config: Config, store: Store, *, clock: Clock,
                  resolver: dns.asyncresolver.Resolver | None = None,
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 auto_proxy: AutoProxyProbe | None = None) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.resolver = resolver
+        self.environ = os.environ if environ is None else environ
+        self.auto_proxy = auto_proxy
         # Probe timestamps (epoch seconds) come from the same injected clock.
         self.wall_clock = wall_clock or (lambda: self.clock().timestamp())
 
@@ -112,11 +121,14 @@ class Engine:
         if state is None:
             state = await anyio.to_thread.run_sync(store.load_state)
         entry = await _read(store.find_entry, location.keys, default=None, what="the cache")
+        auto_proxy = await self.auto_proxy() if self.auto_proxy is not None else None
         now = self.clock()
         p = plan(trigger, settings=settings, state=state, location=location, entry=entry,
-                 now=now, slept=slept, netenv_ok=netenv_ok, gateways=gateways)
+                 now=now, slept=slept, netenv_ok=netenv_ok, gateways=gateways,
+                 auto_proxy=auto_proxy)
         log.info("evaluation planned", trigger=trigger.value, action=p.action.value,
-                 why=p.text, domain=location.domain, servers=list(location.servers))
+                 why=p.text, domain=location.domain, servers=list(location.servers),
+                 auto_proxy=auto_proxy)
 
         writes: list[Write] = []
         if p.action is Action.CACHE and p.entry is not None:
@@ -126,9 +138,10 @@ class Engine:
                 metric=p.entry.metric, cached_at=p.entry.created_at,
                 expires_at=p.entry.expires_at, now=now, note=p.note)
         elif p.action is Action.SKIP:
-            log.info(p.text)
+            log.info(p.text, found=auto_proxy)
+            text = f"{p.text} Found: {auto_proxy}." if auto_proxy else p.text
             decision = decide_skipped(location=location, reason=p.reason or Reason.DISABLED,
-                                      text=p.text, metric=settings.metric, now=now,
+                                      text=text, metric=settings.metric, now=now,
                                       last_gateway=state.last_gateway, gateways=gateways)
         elif p.action is Action.KEEP or path.blocked is not None:
             text = p.text if p.action is Action.KEEP else f"{path.blocked}; previous selection kept"
@@ -141,19 +154,27 @@ class Engine:
                 gateways, metric=settings.metric, probe_count=settings.probe_count,
                 deadline=settings.round_deadline.total_seconds(),
                 probe_timeout=settings.probe_timeout.total_seconds(),
-                proxy_check_for=() if entry is not None else [g.host for g in gateways],
+                proxy_check_for=check_due([g.host for g in gateways], entry, location, now,
+                                          settings.cache_lifetime),
                 resolver=path.resolver or self.resolver, device=path.device,
-                clock=self.wall_clock,
+                clock=self.wall_clock, proxy=self._proxy(),
                 # The threshold compares the current gateway's own figure: it must not be
                 # cut short just because another gateway is already known to be faster.
                 settle_early=not p.apply_threshold)
             now = self.clock()
-            decision = decide_round(
-                location=location, gateways=gateways, results=outcome.results,
-                settings=settings, now=now, current=state.connected,
-                last_gateway=state.last_gateway, apply_threshold=p.apply_threshold)
             log.info("round finished", elapsed_s=round(outcome.elapsed_s, 3),
                      settled_early=outcome.settled_early, deadline_hit=outcome.deadline_hit)
+            if outcome.portal is not None:
+                previous = await _read(store.decisions, 1, default=[], what="the last decision")
+                kept = self._keep(previous, location, self._portal_text(*outcome.portal),
+                                  state.last_gateway, now, reason=Reason.PORTAL)
+                # This round's results go with it: the check's answer is the evidence.
+                decision = dataclasses.replace(kept, results=outcome.results)
+            else:
+                decision = decide_round(
+                    location=location, gateways=gateways, results=outcome.results,
+                    settings=settings, now=now, current=state.connected,
+                    last_gateway=state.last_gateway, apply_threshold=p.apply_threshold)
             if decision.source is Source.PROBES and not path.cache:
                 log.info("round not cached: the location may be out of date")
             elif decision.source is Source.PROBES:
@@ -177,15 +198,40 @@ class Engine:
                 state={"last_gateway": decision.selected}))
         return Outcome(decision, tuple(writes))
 
+    def _portal_text(self, host: str, check: ProxyCheck) -> str:
+        daemon = self.config.daemon
+        again = f"in {daemon.portal_retry.total_seconds():g} s or " if daemon.continuous else ""
+        text = (f"{describe(host, check)}: the round measured it, not the gateways, so it "
+                f"is neither ranked nor cached; previous selection kept; evaluating again "
+                f"{again}when the network changes")
+        log.warning(text)
+        return text
+
+    def _proxy(self) -> Proxy | None:
+        """The static proxy probes go through, if one is configured."""
+        settings = self.config.settings
+        if settings.proxy_mode != "static":
+            return None
+        try:
+            proxy = from_environment(self.environ, settings.proxy_url)
+        except ValueError as exc:
+            log.warning("proxy setting unusable: probing direct", error=str(exc))
+            return None
+        if proxy is None:
+            log.warning('proxy = "static" but no proxy_url and no https_proxy in the '
+                        "environment: probing direct")
+        return proxy
+
     def _keep(self, previous: list[Decision], location: Location, text: str,
-              last_gateway: str | None, now: datetime) -> Decision:
+              last_gateway: str | None, now: datetime, *,
+              reason: Reason = Reason.KEPT) -> Decision:
         """The previous selection stands: republish it with the reason it was kept."""
         gateways = self.config.gateways
         if previous:
             prev = previous[0]
-            return dataclasses.replace(prev, source=Source.KEPT, reason=Reason.KEPT,
+            return dataclasses.replace(prev, source=Source.KEPT, reason=reason,
                                        reason_text=text, decided_at=now, location=location)
-        kept = decide_skipped(location=location, reason=Reason.KEPT, text=text,
+        kept = decide_skipped(location=location, reason=reason, text=text,
                               metric=self.config.settings.metric, now=now,
                               last_gateway=last_gateway, gateways=gateways)
         return dataclasses.replace(kept, source=Source.KEPT)
@@ -211,4 +257,10 @@ def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]
     metric = decision.metric
     ranked = rank(decision.results, metric).hosts
     by_host = {r.host: r for r in decision.results}
-    return [(h, by_host[h].rtt(metric), row_note(by_host[h].error)) for h in ranked]
+    rows = []
+    for host in ranked:
+        result = by_host[host]
+        rtt = result.rtt(metric)
+        note = row_note(result.error) if rtt is None else path_note(result.family, result.proxy)
+        rows.append((host, rtt, note))
+    return rows

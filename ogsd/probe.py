@@ -1,15 +1,27 @@
-"""Probe rounds: every gateway concurrently, N probes each, each on its own TCP connection.
+"""Probe rounds: every gateway, N probes each, each on its own TCP connection, paced.
 
 A probe is AnyConnect's: connect to port 443, TLS handshake, one minimal HTTPS request,
-read the response head, close. We time the TCP connect (network RTT), read the kernel's
-TCP_INFO rtt, and time SYN to our FIN ("exchange", AnyConnect's figure).
+read the response head, close. Two figures per probe:
+- network (ranks by default): the kernel's RTT of the TCP handshake, read with TCP_INFO
+  as soon as the connect completes. It is the SYN/ACK's own sample (the first sample sets
+  srtt to it), so it does not grow with the event loop's latency: under a round of 100
+  TLS handshakes, the loop saw a 30 ms gateway at 35-68 ms, the kernel at 30.1 ms.
+- exchange: SYN to our FIN, as the loop sees it (AnyConnect's figure, for captures).
+Through a proxy (ogsd.proxy) the network figure is the CONNECT round trip.
 
 The certificate is deliberately not verified: a probe carries no credentials (no cookie,
 no auth header, no client certificate) and only the timing of the answer is used, never
 its content. The VPN client verifies the gateway when it actually connects.
 
-The round stops when `ogsd.core.rounds.settled` says no unfinished probe can change the
-winner, when every probe has finished, or at the deadline, whichever is first.
+Pacing: a round holds at most `in_flight` sockets at once (probes, port-80 checks, DNS
+lookups), within the file-descriptor limit; gateways are served in order, each with its
+probes together. Pacing cannot bias a figure: the network one is the kernel's and the
+exchange clock starts at the SYN, and an unstarted probe blocks settlement (it could be
+anything). A probe that can no longer beat the best is dropped at once, freeing its slot.
+
+The round stops when `ogsd.core.rounds.settle_time` says no unfinished probe can change
+the winner (after asking the kernel about connects the loop has not yet seen), when every
+probe has finished, when a port-80 check meets a captive portal, or at the deadline.
 """
 
 from __future__ import annotations
@@ -17,44 +29,50 @@ from __future__ import annotations
 import errno
 import math
 import os
+import resource
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
-from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import anyio
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
 import structlog
-from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.tls import TLSStream
 
-from ogsd import __version__
+from ogsd import portal
+from ogsd.addresses import ResolveError, Resolver, resolve
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
-from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
+from ogsd.core.rounds import ProbeState, best, cancel_reason, settle_time
 from ogsd.dnsquery import bind_to_device
+from ogsd.httphead import HeadError, parse_head, read_head, request
+from ogsd.proxy import Proxy, ProxyError, open_tunnel
+
+__all__ = ["Resolver", "RoundOutcome", "probe_round"]
 
 log = structlog.get_logger("ogsd.probe")
 
-# AnyConnect waits for the proxy check before probing; we give it this long, then probe
-# anyway (the check keeps running): a blackholed port 80 must not hold the round, while
-# a captive portal or proxy on the path answers well within a quarter second.
-PROXY_CHECK_GRACE = 0.25
-# A proxy check still unanswered after this is recorded as failed (bounded by the round).
-PROXY_CHECK_TIMEOUT = 3.0
-# We only need the status line and headers; cap what a misbehaving server can make us buffer.
-RESPONSE_HEAD_LIMIT = 16 * 1024
-# struct tcp_info (linux/tcp.h): u32 tcpi_rtt at byte 68, in microseconds (checked with
+# Sockets one round holds at most. Each TLS probe in flight costs ~40 kB of our memory
+# and some CPU per handshake; 256 keeps 1,000 gateways at 50 ms inside the deadline and
+# the daemon under 150 MB (bench/README.md), and fits the default 1024-fd limit.
+IN_FLIGHT_MAX = 256
+# File descriptors left to the rest of the daemon (API clients, store, D-Bus, netlink).
+FD_RESERVE = 64
+# A port-80 check still unanswered when probing is over gets this much longer. A portal
+# answers port 80 in about one of its round trips, sooner than our 443 exchanges through
+# it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
+CHECK_GRACE_AFTER_ROUND_S = 0.1
+# The settle watcher's passes are O(probes): after a pass that took t, wait at least
+# this many t before the next, so a 3,000-probe round cannot spend the loop on them.
+WATCH_THROTTLE = 3.0
+# struct tcp_info (linux/tcp.h): u8 tcpi_state at 0, u32 tcpi_rtt at 68 (microseconds;
 # offsetof on Debian 12's headers).
+TCP_INFO_LEN = 104
 TCP_INFO_RTT_OFFSET = 68
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-USER_AGENT = f"ogsd/{__version__} OGS probe"
+TCP_ESTABLISHED = 1
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +84,13 @@ class RoundOutcome:
     elapsed_s: float
     settled_early: bool  # stopped because no unfinished probe could change the winner
     deadline_hit: bool
-
-
-class Resolver(Protocol):
-    """What resolves gateway names: dnspython's async Resolver, or a BoundResolver."""
-
-    async def resolve(self, qname: str, rdtype: str) -> Iterable[Any]:
-        """The records of `rdtype` for `qname`; dns.exception.DNSException if none."""
-        ...
+    # A port-80 check met a captive portal or authenticating proxy: (host, its answer).
+    # The figures are then the portal's: do not rank or cache them.
+    portal: tuple[str, ProxyCheck] | None = None
 
 
 class _ProbeError(Exception):
-    """A probe or check failed; the message is what gets recorded."""
+    """A probe failed; the message is what gets recorded."""
 
 
 async def probe_round(
@@ -93,12 +106,15 @@ async def probe_round(
     clock: Callable[[], float] = time.time,
     settle_early: bool = True,
     device: str | None = None,
+    proxy: Proxy | None = None,
+    in_flight: int = IN_FLIGHT_MAX,
 ) -> RoundOutcome:
-    """Probe every gateway concurrently and stop as soon as the winner is certain.
+    """Probe every gateway and stop as soon as the winner is certain.
 
     `settle_early=False` waits for every probe (or the deadline): for callers that need
     the losers' exact figures, not just the winner. `device` binds every connection to
     that interface (the physical uplink while a VPN tunnel holds the default route).
+    `proxy_check_for` names the hosts that get the port-80 check (those not cached).
     """
     hosts = [_key(g) for g in gateways]
     duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
@@ -108,153 +124,234 @@ async def probe_round(
         raise ValueError(f"probe_count must be at least 1, not {probe_count}")
     if not deadline > 0 or not probe_timeout > 0:
         raise ValueError(f"deadline and probe_timeout must be > 0 ({deadline}, {probe_timeout})")
-    round_ = _Round(
-        metric=metric,
-        probe_count=probe_count,
-        probe_timeout=probe_timeout,
-        proxy_check_for=frozenset(proxy_check_for),
-        resolver=resolver,
-        http_port=http_port,
-        clock=clock,
-        hosts=hosts,
-        settle_early=settle_early,
-        device=device,
-    )
+    round_ = _Round(metric=metric, probe_count=probe_count, probe_timeout=probe_timeout,
+                    resolver=resolver, clock=clock, hosts=hosts, settle_early=settle_early,
+                    device=device, proxy=proxy, in_flight=_socket_budget(in_flight))
     started_at = clock()
     t0 = time.perf_counter()
     with anyio.move_on_after(deadline) as deadline_scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(round_.watch, tg.cancel_scope)
-            for gateway in gateways:
-                tg.start_soon(round_.run_gateway, gateway, tg)
-    deadline_hit = deadline_scope.cancelled_caught
+        async with anyio.create_task_group() as checks:
+            async with anyio.create_task_group() as probes:
+                round_.probes_scope = probes.cancel_scope
+                probes.start_soon(round_.watch)
+                for gateway in gateways:
+                    check = _key(gateway) in proxy_check_for or gateway.host in proxy_check_for
+                    probes.start_soon(round_.run_gateway, gateway, probes,
+                                      checks if check else None, http_port)
+            with anyio.move_on_after(CHECK_GRACE_AFTER_ROUND_S):
+                await round_.checks_done()
+            checks.cancel_scope.cancel()
+    deadline_hit = deadline_scope.cancelled_caught and round_.portal is None
     results = tuple(round_.result(g, deadline_hit) for g in gateways)
     elapsed = time.perf_counter() - t0
     for result in results:
         _log_result(result, probe_count)
-    log.info(
-        "OGS probe round finished",
-        elapsed_s=round(elapsed, 4),
-        settled_early=round_.settled_early and not deadline_hit,
-        deadline_hit=deadline_hit,
-    )
-    return RoundOutcome(
-        results=results,
-        started_at=started_at,
-        elapsed_s=elapsed,
-        settled_early=round_.settled_early and not deadline_hit,
-        deadline_hit=deadline_hit,
-    )
+    settled_early = round_.settled_early and not deadline_hit
+    log.info("OGS probe round finished", elapsed_s=round(elapsed, 4),
+             settled_early=settled_early, deadline_hit=deadline_hit,
+             portal=round_.portal[0] if round_.portal else None, in_flight=round_.limit)
+    return RoundOutcome(results=results, started_at=started_at, elapsed_s=elapsed,
+                        settled_early=settled_early, deadline_hit=deadline_hit,
+                        portal=round_.portal)
+
+
+def _socket_budget(wanted: int) -> int:
+    """`wanted`, or fewer when the file-descriptor limit leaves less room."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = FD_RESERVE
+    room = soft - used - FD_RESERVE if soft != resource.RLIM_INFINITY else wanted
+    return max(1, min(wanted, room))
 
 
 class _Round:
     """The mutable state of one round; tasks report into it, `watch` decides when to stop."""
 
-    def __init__(
-        self,
-        *,
-        metric: Metric,
-        probe_count: int,
-        probe_timeout: float,
-        proxy_check_for: frozenset[str],
-        resolver: Resolver | None,
-        http_port: int,
-        clock: Callable[[], float],
-        hosts: list[str],
-        settle_early: bool,
-        device: str | None,
-    ) -> None:
-        self.settle_early = settle_early
-        self.device = device
+    def __init__(self, *, metric: Metric, probe_count: int, probe_timeout: float,
+                 resolver: Resolver | None, clock: Callable[[], float], hosts: list[str],
+                 settle_early: bool, device: str | None, proxy: Proxy | None,
+                 in_flight: int) -> None:
         self.metric = metric
         self.probe_timeout = probe_timeout
-        self.proxy_check_for = proxy_check_for
         self.resolver = resolver
-        self.http_port = http_port
         self.clock = clock
+        self.settle_early = settle_early
+        self.device = device
+        self.proxy = proxy
+        self.proxy_address: str | None = None
+        self.limit = in_flight
+        self.slots = anyio.CapacityLimiter(in_flight)
         self.states = {h: [ProbeState()] * probe_count for h in hosts}
         self.walls: dict[str, list[float | None]] = {h: [None] * probe_count for h in hosts}
         self.addresses: dict[str, str] = {}
+        self.proxied: set[str] = set()
         self.errors: dict[str, str] = {}
-        self.proxy: dict[str, ProxyCheck] = {}
-        self.proxy_started: dict[str, float] = {}
+        self.checks: dict[str, ProxyCheck | None] = {}  # None while running
+        self.check_started: dict[str, float] = {}
+        self.released = anyio.Event()  # a socket slot was given back
+        self.check_finished = anyio.Event()
+        self.portal: tuple[str, ProxyCheck] | None = None
+        self.running: dict[tuple[str, int], anyio.CancelScope] = {}
+        self.connecting: dict[tuple[str, int], socket.socket] = {}
+        self.dropped: dict[tuple[str, int], str] = {}
         self.settled_early = False
+        self.probes_scope = anyio.CancelScope()
         self.changed = anyio.Event()
         self.tls_context = _tls_context()
 
-    def set_state(self, host: str, index: int, state: ProbeState) -> None:
-        self.states[host][index] = state
+    def set_state(self, key: str, index: int, state: ProbeState) -> None:
+        self.states[key][index] = state
         self.changed.set()
 
-    async def watch(self, scope: anyio.CancelScope) -> None:
-        """Cancel the round once it is settled; re-check on every change or when due."""
+    # --- settlement ---------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Stop the round once it is settled; drop probes that cannot win; re-check on
+        every change or when due."""
         while True:
             self.changed = anyio.Event()
-            now = time.perf_counter()
-            finished = all(p.finished for probes in self.states.values() for p in probes)
-            if finished:
-                scope.cancel()  # also ends proxy checks still waiting for an answer
+            began = time.perf_counter()
+            at = self._settle_pass(began)
+            if at == -math.inf:
+                self.probes_scope.cancel()  # settled (or all finished)
                 return
-            at = settle_time(self.states, self.metric) if self.settle_early else None
-            if at is not None and now >= at:
-                self.settled_early = True
-                scope.cancel()
-                return
-            with anyio.move_on_after(math.inf if at is None else at - now):
+            cost = time.perf_counter() - began
+            if cost * WATCH_THROTTLE > 0.001:
+                await anyio.sleep(cost * WATCH_THROTTLE)
+            wait = math.inf if at is None else max(0.0, at - time.perf_counter())
+            with anyio.move_on_after(wait):
                 await self.changed.wait()
 
-    async def run_gateway(self, gateway: Gateway, tg: TaskGroup) -> None:
+    def _settle_pass(self, now: float) -> float | None:
+        """One look: -inf when the round is over, else when to look again (None: on change)."""
+        if all(p.finished for probes in self.states.values() for p in probes):
+            return -math.inf
+        if not self.settle_early:
+            return None
+        at = settle_time(self.states, self.metric)
+        if at is not None and now >= at:
+            if self._sweep():
+                return 0.0  # the kernel knew of connects we had not seen: look again
+            self.settled_early = True
+            return -math.inf
+        self._drop_hopeless(now)
+        return at
+
+    def _sweep(self) -> bool:
+        """Record connects the kernel has completed but the loop has not yet reported."""
+        seen = False
+        for (key, index), sock in list(self.connecting.items()):
+            state, rtt_us = _tcp_info(sock)
+            current = self.states[key][index]
+            if state == TCP_ESTABLISHED and rtt_us and current.connected_ms is None:
+                self.states[key][index] = ProbeState(current.started, rtt_us / 1000)
+                seen = True
+        return seen
+
+    def _drop_hopeless(self, now: float) -> None:
+        """Cancel running probes that can no longer come in under the best figure."""
+        leader = best(self.states, self.metric)
+        if leader is None:
+            return
+        doomed = self._doomed(leader[1], now)
+        if doomed and self._sweep():  # a connect the loop missed may save some of them
+            doomed = self._doomed(leader[1], now)
+        for probe in doomed:
+            self.settled_early = True  # the round ends sooner than its slowest probe
+            self.dropped[probe] = cancel_reason(self.states, self.metric)
+            self.running.pop(probe).cancel()
+
+    def _doomed(self, figure: float, now: float) -> list[tuple[str, int]]:
+        doomed = []
+        for key, index in self.running:
+            state = self.states[key][index]
+            if state.finished or state.started is None:
+                continue
+            until = state.beatable_until(figure, self.metric)
+            if until is None or until <= now:
+                doomed.append((key, index))
+        return doomed
+
+    async def checks_done(self) -> None:
+        """Return once no port-80 check is running."""
+        while any(c is None for c in self.checks.values()):
+            self.check_finished = anyio.Event()
+            await self.check_finished.wait()
+
+    # --- one gateway ----------------------------------------------------------------
+
+    async def run_gateway(self, gateway: Gateway, probes: TaskGroup,
+                          checks: TaskGroup | None, http_port: int) -> None:
         host, key = gateway.host, _key(gateway)
         log.info(f"OGS starting thread named {host}", host=host, port=gateway.port)
-        try:
-            address = await self.resolve(host)
-        except _ProbeError as exc:
-            self.errors[key] = f"cannot resolve {host}: {exc}"
-            for index in range(len(self.states[key])):
-                self.set_state(key, index, ProbeState(failed=True))
-            return
-        self.addresses[key] = address
-        if host in self.proxy_check_for:
-            done = anyio.Event()
-            tg.start_soon(self.proxy_check, key, host, address, done)
-            with anyio.move_on_after(PROXY_CHECK_GRACE):
-                await done.wait()
+        target: str | None = None
+        if self.proxy is not None and not self.proxy.bypassed(host, gateway.port):
+            self.proxied.add(key)  # the proxy resolves the name; no port-80 check through it
+        else:
+            try:
+                async with self.slots:
+                    candidates, self.resolver = await resolve(host, self.resolver, self.device)
+            except ResolveError as exc:
+                self.errors[key] = f"cannot resolve {host}: {exc}"
+                for index in range(len(self.states[key])):
+                    self.set_state(key, index, ProbeState(failed=True))
+                return
+            target = self.addresses[key] = candidates[0].destination
+            if checks is not None:
+                self.checks[key] = None
+                self.check_started[key] = time.perf_counter()
+                await self.slots.acquire_on_behalf_of(token := object())
+                checks.start_soon(self.port80_check, key, host, target, http_port, token)
         for index in range(len(self.states[key])):
-            tg.start_soon(self.probe, gateway, address, index)
+            await self.slots.acquire_on_behalf_of(token := object())
+            probes.start_soon(self.probe, gateway, target, index, token)
 
-    async def resolve(self, host: str) -> str:
-        """The address to probe: the literal itself, else the first IPv4, else the first IPv6."""
+    async def port80_check(self, key: str, host: str, address: str, port: int,
+                           token: object) -> None:
+        """AnyConnect's plain-HTTP request: a portal or proxy answering it ends the round."""
         try:
-            return str(ip_address(host))
-        except ValueError:
-            pass
-        if self.resolver is None:
-            try:
-                self.resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise _ProbeError("no DNS resolver configured") from exc
-        resolver: Resolver = self.resolver
-        answers: dict[str, list[str] | dns.exception.DNSException] = {}
+            found = await portal.check(host, address, port, self._connect)
+        finally:
+            self.slots.release_on_behalf_of(token)
+        self.checks[key] = found
+        self.check_finished.set()
+        log.info(f"OGS proxy check for {host}: {found.error or found.status}", host=host,
+                 status=found.status, location=found.location,
+                 proxy_detected=found.proxy_detected, elapsed_ms=found.elapsed_ms)
+        if found.proxy_detected and self.portal is None:
+            self.portal = (host, found)
+            self.probes_scope.cancel()
 
-        async def lookup(rdtype: str, scope: anyio.CancelScope) -> None:
-            try:
-                answer = await resolver.resolve(host, rdtype)
-                answers[rdtype] = [rr.to_text() for rr in answer]
-            except dns.exception.DNSException as exc:
-                answers[rdtype] = exc
-            if rdtype == "A" and answers[rdtype]:
-                scope.cancel()  # IPv4 is preferred: no need to wait for AAAA
+    async def _connect(self, address: str, port: int) -> SocketStream:
+        sock, _ = _syn(address, port, self.device)
+        return (await _established(sock))[0]
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lookup, "A", tg.cancel_scope)
-            tg.start_soon(lookup, "AAAA", tg.cancel_scope)
-        for rdtype in ("A", "AAAA"):
-            found = answers.get(rdtype)
-            if isinstance(found, list) and found:
-                return found[0]
-        raise _ProbeError(_dns_error(list(answers.values())))
+    # --- one probe --------------------------------------------------------------------
 
-    async def probe(self, gateway: Gateway, address: str, index: int) -> None:
+    async def probe(self, gateway: Gateway, address: str | None, index: int,
+                    token: object) -> None:
+        key = _key(gateway)
+        try:
+            with anyio.CancelScope() as scope:
+                self.running[(key, index)] = scope
+                sample = await self._probe(gateway, address, index)
+        finally:
+            self.running.pop((key, index), None)
+            self.connecting.pop((key, index), None)
+            self.slots.release_on_behalf_of(token)
+            self.released.set()
+            self.released = anyio.Event()
+        if scope.cancelled_caught:  # dropped: it could not beat the best any more
+            state = self.states[key][index]
+            sample = ProbeSample(self.walls[key][index] or 0.0, state.connected_ms,
+                                 error=self.dropped.get((key, index), "cancelled"))
+        state = self.states[key][index]
+        self.set_state(key, index, ProbeState(state.started, state.connected_ms, done=sample,
+                                              failed=sample.error is not None))
+
+    async def _probe(self, gateway: Gateway, address: str | None, index: int) -> ProbeSample:
         host, key = gateway.host, _key(gateway)
         self.walls[key][index] = self.clock()
         t0 = time.perf_counter_ns()  # replaced by the SYN's own time once it is sent
@@ -263,25 +360,31 @@ class _Round:
         phase = "connecting"
         try:
             with anyio.fail_after(self.probe_timeout):
-                sock, t0 = _syn(address, gateway.port, self.device)
+                sock, t0 = await self._syn_paced(address, gateway.port, key, index)
                 self.set_state(key, index, ProbeState(started=t0 / 1e9))
+                self.connecting[(key, index)] = sock
                 stream, t1 = await _established(sock)
-                network_ms = (t1 - t0) / 1e6
+                del self.connecting[(key, index)]
+                _, rtt_us = _tcp_info(sock)
+                if address is None:  # through the proxy: its CONNECT round trip ranks
+                    phase = "proxy CONNECT"
+                    sent = time.perf_counter_ns()
+                    await open_tunnel(stream, _required(self.proxy), host, gateway.port)
+                    network_ms = (time.perf_counter_ns() - sent) / 1e6
+                else:
+                    network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
                 self.set_state(key, index, ProbeState(t0 / 1e9, connected_ms=network_ms))
                 tls: TLSStream | None = None
                 try:
                     phase = "TLS handshake"
-                    tls = await TLSStream.wrap(
-                        stream,
-                        hostname=host,  # SNI; for an IP literal ssl sends none
-                        ssl_context=self.tls_context,
-                        standard_compatible=False,
-                    )
+                    tls = await TLSStream.wrap(stream, hostname=host,  # SNI (none for an IP)
+                                               ssl_context=self.tls_context,
+                                               standard_compatible=False)
                     phase = "waiting for the response"
-                    await tls.send(_request(host, gateway.port, 443))
-                    _status(await _read_head(tls))
+                    await tls.send(request(host, gateway.port, 443))
+                    parse_head(await read_head(tls))
                     raw = tls.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
-                    tcp_info_ms = _tcp_info_rtt_ms(raw)
+                    tcp_info_ms = _smoothed_rtt_ms(raw)
                 finally:
                     await (tls or stream).aclose()
             exchange_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -290,58 +393,49 @@ class _Round:
             exchange_ms, error = None, f"timeout after {self.probe_timeout:g} s ({phase})"
         except (OSError, ssl.SSLError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
             exchange_ms, error = None, _describe(exc, phase)
-        except _ProbeError as exc:
+        except (_ProbeError, ProxyError, HeadError) as exc:
             exchange_ms, error = None, str(exc)
         except Exception as exc:  # a bug in one probe must not take the round down
             log.exception("OGS probe failed unexpectedly", host=host)
             exchange_ms, error = None, f"unexpected error: {exc!r} ({phase})"
-        sample = ProbeSample(
-            started_at=self.walls[key][index] or 0.0,
-            network_rtt_ms=network_ms,
-            tcp_info_rtt_ms=tcp_info_ms,
-            exchange_ms=exchange_ms,
-            error=error,
-        )
-        state = ProbeState(t0 / 1e9, network_ms, done=sample, failed=error is not None)
-        self.set_state(key, index, state)
+        return ProbeSample(started_at=self.walls[key][index] or 0.0, network_rtt_ms=network_ms,
+                           tcp_info_rtt_ms=tcp_info_ms, exchange_ms=exchange_ms, error=error)
 
-    async def proxy_check(self, key: str, host: str, address: str, done: anyio.Event) -> None:
-        """One plain HTTP request to port 80, to spot an authenticating proxy or portal."""
-        t0 = time.perf_counter_ns()
-        self.proxy_started[key] = t0 / 1e9
-        try:
-            with anyio.fail_after(PROXY_CHECK_TIMEOUT):
-                async with await _connect(address, self.http_port, self.device) as stream:
-                    await stream.send(_request(host, self.http_port, 80, probe=False))
-                    status, location = _status(await _read_head(stream))
-            elapsed = (time.perf_counter_ns() - t0) / 1e6
-            moved = status in REDIRECT_STATUSES and _other_host(location, host)
-            check = ProxyCheck(status, location, status == 407 or moved, None, elapsed)
-        except TimeoutError:
-            check = self._proxy_failed(key, f"no answer within {PROXY_CHECK_TIMEOUT:g} s")
-        except (OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            check = self._proxy_failed(key, _describe(exc, "proxy check"))
-        except _ProbeError as exc:
-            check = self._proxy_failed(key, str(exc))
-        self.proxy[key] = check
-        log.info(
-            f"OGS proxy check for {host}: {check.error or check.status}",
-            host=host,
-            status=check.status,
-            location=check.location,
-            proxy_detected=check.proxy_detected,
-            elapsed_ms=check.elapsed_ms,
-        )
-        done.set()
+    async def _syn_paced(self, address: str | None, port: int, key: str,
+                         index: int) -> tuple[socket.socket, int]:
+        """`_syn`, waiting for sockets to free up when the process runs out of them."""
+        if address is None:
+            address, port = await self._proxy_address(), _required(self.proxy).port
+        while True:
+            try:
+                return _syn(address, port, self.device)
+            except OSError as exc:
+                if exc.errno not in _FD_EXHAUSTED or self.slots.borrowed_tokens <= 1:
+                    raise
+            # Others hold sockets: admit fewer from now on, and wait for one to close.
+            self.limit = self.slots.total_tokens = max(1, self.slots.borrowed_tokens - 1)
+            log.warning("out of file descriptors: fewer probes at once", in_flight=self.limit)
+            await self.released.wait()
 
-    def _proxy_failed(self, key: str, error: str) -> ProxyCheck:
-        elapsed = (time.perf_counter() - self.proxy_started[key]) * 1000
-        return ProxyCheck(error=error, elapsed_ms=elapsed)
+    async def _proxy_address(self) -> str:
+        proxy = _required(self.proxy)
+        if self.proxy_address is None:
+            try:
+                infos = await anyio.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise _ProbeError(f"cannot resolve proxy {proxy.label}: {exc}") from None
+            self.proxy_address = str(infos[0][4][0])
+        return self.proxy_address
+
+    # --- the outcome ------------------------------------------------------------------
 
     def result(self, gateway: Gateway, deadline_hit: bool) -> GatewayResult:
         """The gateway's result once the round has stopped, unfinished probes as errors."""
         host, key = gateway.host, _key(gateway)
-        stopped = "deadline" if deadline_hit else cancel_reason(self.states, self.metric)
+        if self.portal is not None:
+            stopped = f"stopped: {portal.describe(*self.portal)}"
+        else:
+            stopped = "deadline" if deadline_hit else cancel_reason(self.states, self.metric)
         samples = []
         for state, wall in zip(self.states[key], self.walls[key], strict=True):
             if state.done is not None:
@@ -351,14 +445,23 @@ class _Round:
         error = self.errors.get(key)
         if error is None and not any(s.complete for s in samples):
             reasons = list(dict.fromkeys(s.error for s in samples if s.error))
-            if key not in self.addresses:
+            if key not in self.addresses and key not in self.proxied:
                 reasons = [f"{stopped} while resolving {host}"]
             error = "; ".join(reasons) or f"{stopped} before probing started"
-        proxy = self.proxy.get(key)
-        if proxy is None and key in self.proxy_started:
+        check = None
+        if key in self.checks:
             when = "at the deadline" if deadline_hit else "when the round ended"
-            proxy = self._proxy_failed(key, f"unanswered {when}")
-        return GatewayResult(host, self.addresses.get(key), tuple(samples), error, proxy)
+            elapsed = (time.perf_counter() - self.check_started[key]) * 1000
+            check = self.checks[key] or ProxyCheck(error=f"unanswered {when}",
+                                                   elapsed_ms=elapsed)
+        return GatewayResult(host, self.addresses.get(key), tuple(samples), error, check,
+                             self.proxy.label if key in self.proxied and self.proxy else None)
+
+
+def _required(proxy: Proxy | None) -> Proxy:
+    if proxy is None:
+        raise AssertionError("a proxied probe without a proxy")  # pragma: no cover
+    return proxy
 
 
 def _key(gateway: Gateway) -> str:
@@ -401,11 +504,7 @@ def _syn(address: str, port: int, device: str | None = None) -> tuple[socket.soc
 
 
 async def _established(sock: socket.socket) -> tuple[SocketStream, int]:
-    """Wait for the connect started by `_syn`; returns the stream and when it was up.
-
-    That time includes the event loop's wake-up latency: tenths of a millisecond when
-    many probes complete at once, noise next to real RTTs (TCP_INFO has the kernel's).
-    """
+    """Wait for the connect started by `_syn`; returns the stream and when the loop saw it."""
     try:
         await anyio.wait_writable(sock)
         t1 = time.perf_counter_ns()
@@ -418,71 +517,26 @@ async def _established(sock: socket.socket) -> tuple[SocketStream, int]:
         raise
 
 
-async def _connect(address: str, port: int, device: str | None) -> SocketStream:
-    sock, _ = _syn(address, port, device)
-    return (await _established(sock))[0]
-
-
-def _request(host: str, port: int, default_port: int, *, probe: bool = True) -> bytes:
-    """A minimal GET: no cookies, no credentials, nothing but what HTTP/1.1 requires."""
-    name = f"[{host}]" if ":" in host else host
-    authority = name if port == default_port else f"{name}:{port}"
-    lines = ["GET / HTTP/1.1", f"Host: {authority}"]
-    if probe:
-        lines.append(f"User-Agent: {USER_AGENT}")
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-
-
-async def _read_head(stream: ByteStream) -> bytes:
-    """Read until the end of the response headers (or EOF after some bytes)."""
-    head = b""
-    while b"\r\n\r\n" not in head and len(head) < RESPONSE_HEAD_LIMIT:
-        try:
-            head += await stream.receive()
-        except anyio.EndOfStream:
-            if head:
-                break
-            raise _ProbeError("connection closed before any response") from None
-    return head
-
-
-def _status(head: bytes) -> tuple[int, str | None]:
-    """Status code and Location header of a response head."""
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise _ProbeError(f"not an HTTP response: {lines[0][:60]!r}")
-    location = None
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "location":
-            location = value.strip()
-    return int(parts[1]), location
-
-
-def _other_host(location: str | None, host: str) -> bool:
-    """Whether a redirect leaves `host` (a relative Location stays on it)."""
-    if not location:
-        return False
-    target = urlsplit(location).hostname
-    return target is not None and target.rstrip(".").lower() != host.rstrip(".").lower()
-
-
-def _tcp_info_rtt_ms(sock: socket.socket) -> float | None:
-    """The kernel's smoothed RTT for this connection, None where TCP_INFO is unavailable."""
+def _tcp_info(sock: socket.socket) -> tuple[int | None, int | None]:
+    """(tcpi_state, tcpi_rtt in µs) of a TCP socket; (None, None) where unavailable."""
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
     except (OSError, AttributeError):
-        return None
+        return None, None
     if len(info) < TCP_INFO_RTT_OFFSET + 4:
-        return None
+        return None, None
     (rtt_us,) = struct.unpack_from("=I", info, TCP_INFO_RTT_OFFSET)
-    return float(rtt_us / 1000.0)
+    return info[0], rtt_us
+
+
+def _smoothed_rtt_ms(sock: socket.socket) -> float | None:
+    """The kernel's smoothed RTT for this connection, None where TCP_INFO is unavailable."""
+    _, rtt_us = _tcp_info(sock)
+    return None if rtt_us is None else rtt_us / 1000.0
 
 
 def _describe(exc: BaseException, phase: str) -> str:
-    """A one-line reason for a failed probe or check."""
+    """A one-line reason for a failed probe."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, anyio.EndOfStream):
@@ -496,18 +550,6 @@ def _describe(exc: BaseException, phase: str) -> str:
     return f"{exc} ({phase})"
 
 
-def _dns_error(failures: list[list[str] | dns.exception.DNSException]) -> str:
-    """Why neither A nor AAAA gave an address, as a DNS operator would say it."""
-    errors = [f for f in failures if isinstance(f, dns.exception.DNSException)]
-    if any(isinstance(e, dns.resolver.NXDOMAIN) for e in errors):
-        return "NXDOMAIN"
-    if any(isinstance(e, dns.resolver.LifetimeTimeout) for e in errors):
-        return "DNS timeout"
-    if any(isinstance(e, dns.resolver.NoNameservers) for e in errors):
-        return "no DNS server answered (SERVFAIL or refused)"
-    return "no A or AAAA record"
-
-
 def _log_result(result: GatewayResult, probe_count: int) -> None:
     samples = list(result.samples)
     figures = [f"{s.exchange_ms:.0f}" if s.complete and s.exchange_ms is not None else "-"
@@ -517,6 +559,8 @@ def _log_result(result: GatewayResult, probe_count: int) -> None:
         f"OGS ping results for {result.host}: ({' '.join(figures)})",
         host=result.host,
         address=result.address,
+        family=result.family,
+        proxy=result.proxy,
         network_rtt_ms=[_ms(s.network_rtt_ms) for s in samples],
         tcp_info_rtt_ms=[_ms(s.tcp_info_rtt_ms) for s in samples],
         exchange_ms=[_ms(s.exchange_ms) for s in samples],

@@ -246,6 +246,8 @@ def result_to_dict(result: GatewayResult, metric: Metric) -> dict[str, object]:
     return {
         "host": result.host,
         "address": result.address,
+        "family": result.family,
+        "proxy": result.proxy,
         "rtt_ms": result.rtt(metric),
         "network_rtt_ms": [s.network_rtt_ms for s in samples],
         "exchange_ms": [s.exchange_ms for s in samples],
@@ -310,6 +312,8 @@ def result_from_dict(data: Mapping[str, object], where: str = "result") -> Gatew
         samples=tuple(samples),
         error=_str(_field(data, "error", where), f"{where}.error", optional=True),
         proxy_check=_proxy_from_dict(_field(data, "proxy_check", where), f"{where}.proxy_check"),
+        # Absent in rows stored before proxies were supported.
+        proxy=_str(data.get("proxy"), f"{where}.proxy", optional=True),
     )
 
 

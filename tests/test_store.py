@@ -119,6 +119,8 @@ def test_result_dict_has_the_documented_shape() -> None:
     assert as_network == {
         "host": "vpn-b.example",
         "address": "198.18.10.1",
+        "family": "IPv4",
+        "proxy": None,
         "rtt_ms": 40.0,  # min over completed probes; the failed one (41.0) is not counted
         "network_rtt_ms": [40.25, 40.0, 41.0],
         "exchange_ms": [120.1, 80.0, None],

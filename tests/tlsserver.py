@@ -9,6 +9,8 @@
     LoopbackServer(garbage=b"SSH-2.0-x\r\n")     # these bytes instead of TLS, then silence
     LoopbackServer(tls=False, status=407)        # plain HTTP, e.g. a proxy check answer
     LoopbackServer(tls=False, status=302, location="http://portal.example/login")
+    LoopbackServer(tls=False, response=b"HTTP/1.1 \xef\xbc\x9200 OK\r\n\r\n")  # raw bytes
+    LoopbackServer(host="::1")                   # IPv6 loopback
     with refused_port() as port: ...             # connect gets RST at once
     with blackholed_port() as port: ...          # SYN never answered (full accept queue)
 
@@ -63,8 +65,10 @@ class LoopbackServer:
         garbage: bytes | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        response: bytes | None = None,
     ) -> None:
         self.host = host
+        self.response = response  # sent as is instead of a well-formed answer
         self.tls = tls
         self.status = status
         self.location = location
@@ -81,7 +85,8 @@ class LoopbackServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._open: set[socket.socket] = set()
-        self._listener = socket.create_server((host, port), backlog=64)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=64)
         self.port: int = self._listener.getsockname()[1]
         self._context: ssl.SSLContext | None = None
         if tls:
@@ -185,6 +190,8 @@ class LoopbackServer:
             sock.sendall(b"a")
 
     def _response(self) -> bytes:
+        if self.response is not None:
+            return self.response
         reason = HTTPStatus(self.status).phrase
         lines = [f"HTTP/1.1 {self.status} {reason}", "Content-Length: 0", "Connection: close"]
         if self.location is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -76,6 +76,18 @@ def fit_to_gateways(entry: CacheEntry, gateways: Sequence[Gateway], metric: Metr
     served = dataclasses.replace(entry, results=kept, order=order)
     removed = sorted(cached - set(hosts))
     return Fit(served, f"without gateways removed since: {', '.join(removed)}" if removed else "")
+
+
+def check_due(gateways: Iterable[str], entry: CacheEntry | None, location: Location,
+              now: datetime, lifetime: timedelta | None = None) -> tuple[str, ...]:
+    """Gateways whose port-80 check is due: those the valid entry has no result for.
+
+    AnyConnect sends the check before probing a headend with no cache entry; an expired
+    entry, or one of another location, is none.
+    """
+    valid = usable_entry(entry, location, now, lifetime)
+    known = {r.host for r in valid.results} if valid is not None else set()
+    return tuple(host for host in gateways if host not in known)
 
 
 def entry_from_decision(decision: Decision, lifetime: timedelta) -> CacheEntry:

@@ -42,6 +42,9 @@ class Reason(StrEnum):
     THRESHOLD_NOT_MET = "threshold-not-met"
     SKIPPED_PROXY = "skipped-proxy"
     NO_GATEWAY = "no-gateway"
+    # The port-80 check met a captive portal or an authenticating proxy: the round's
+    # figures are the portal's, so it is neither ranked nor cached (retried soon).
+    PORTAL = "portal"
     DISABLED = "disabled"  # EnableAutomaticServerSelection is false
     KEPT = "kept"  # previous selection stands (short suspend, recent reconnect)
 
@@ -78,7 +81,10 @@ class ProbeSample:
     """
 
     started_at: float
-    network_rtt_ms: float | None = None  # connect() time: SYN to SYN/ACK (+ACK sent)
+    # The ranking figure: the kernel's RTT of the TCP handshake (TCP_INFO read as soon as
+    # the connect completes), blind to how busy our event loop was; through a proxy, the
+    # CONNECT round trip (ogsd.proxy).
+    network_rtt_ms: float | None = None
     tcp_info_rtt_ms: float | None = None  # kernel's smoothed RTT (TCP_INFO) after the exchange
     exchange_ms: float | None = None  # AnyConnect's figure: SYN to our FIN/ACK
     error: str | None = None
@@ -119,6 +125,14 @@ class GatewayResult:
     samples: tuple[ProbeSample, ...] = ()
     error: str | None = None  # resolution failure, or why no probe completed
     proxy_check: ProxyCheck | None = None
+    proxy: str | None = None  # "host:port" of the HTTP proxy probes went through, if any
+
+    @property
+    def family(self) -> str | None:
+        """"IPv6" or "IPv4": how the gateway was reached (None through a proxy or unresolved)."""
+        if self.address is None:
+            return None
+        return "IPv6" if ":" in self.address else "IPv4"
 
     def rtt(self, metric: Metric) -> float | None:
         """The gateway's figure: the minimum over its completed probes (AnyConnect's rule)."""

@@ -11,10 +11,20 @@ HOST_WIDTH = 40
 
 
 def format_rtt(rtt_ms: float | None, note: str | None) -> str:
-    """Whole milliseconds like AnyConnect, or the note saying why there is no figure."""
+    """Whole milliseconds like AnyConnect, or the note saying why there is no figure
+    (beside a figure, a note says how it was measured)."""
     if rtt_ms is None:
         return note or "unreachable"
-    return f"{rtt_ms:.0f}" if rtt_ms >= 10 else f"{rtt_ms:.1f}"
+    figure = f"{rtt_ms:.0f}" if rtt_ms >= 10 else f"{rtt_ms:.1f}"
+    return f"{figure} ({note})" if note else figure
+
+
+def path_note(family: str | None, proxy: str | None) -> str | None:
+    """How a figure was measured, when not the usual direct IPv4: through a proxy (its
+    CONNECT round trip), or over IPv6."""
+    if proxy:
+        return f"via proxy {proxy}: CONNECT round trip"
+    return family if family == "IPv6" else None
 
 
 def row_note(error: str | None) -> str:

@@ -42,6 +42,10 @@ class Settings:
     metric: Metric = Metric.NETWORK
     # "auto" (WPAD) or "pac": AnyConnect performs no OGS; "static"/"none" are fine.
     proxy_mode: str = "none"
+    # "static": probes CONNECT through this (else https_proxy from the environment).
+    proxy_url: str | None = None
+    # A PAC file is automatic proxy configuration: set, OGS is not performed.
+    pac_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

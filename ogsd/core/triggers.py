@@ -56,12 +56,15 @@ def plan(
     slept: timedelta | None = None,
     netenv_ok: bool = True,
     gateways: Sequence[Gateway] | None = None,
+    auto_proxy: str | None = None,
 ) -> Plan:
     """Decide what an evaluation caused by `trigger` at `now` must do.
 
     `gateways`, the configured ones, are what a cache entry must fit (`fit_to_gateways`).
+    `auto_proxy` says where the system configures automatic proxy detection or a PAC
+    file (NetworkManager, the environment), if it does.
     """
-    if settings.proxy_mode in ("auto", "pac"):
+    if settings.proxy_mode in ("auto", "pac") or settings.pac_url or auto_proxy:
         return Plan(Action.SKIP, PROXY_SKIP_TEXT, Reason.SKIPPED_PROXY)
     if not settings.enabled:
         return Plan(Action.SKIP, f"OGS is off: {settings.enabled_why or 'disabled'}",
