@@ -63,7 +63,7 @@ MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user"
 # the open network soon after, while 30-minute periods would leave the user on the
 # previous gateway for half an hour. Each retry costs one round (~1 KB per gateway).
 PORTAL_RETRY_S_DEFAULT = 60.0
-PORTAL_RETRY_S_RANGE = (5.0, 3600.0)
+PORTAL_RETRY_S_RANGE = (1.0, 3600.0)
 PAC_SCHEMES = ("http", "https", "file")
 
 _TABLES: dict[str, tuple[str, ...]] = {
@@ -131,7 +131,8 @@ RESTART_KEYS = frozenset({"[daemon] socket_group"})
 _KEYS = {"period": "period_minutes", "debounce": "debounce_s", "idle_timeout": "idle_timeout_s",
          "suspend_time": "suspend_time_hours", "cache_lifetime": "cache_lifetime_days",
          "round_deadline": "round_deadline_s", "probe_timeout": "probe_timeout_s",
-         "proxy_mode": "proxy", "resume_network_wait": "resume_network_wait_s"}
+         "proxy_mode": "proxy", "resume_network_wait": "resume_network_wait_s",
+         "portal_retry": "portal_retry_s"}
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:

@@ -29,7 +29,7 @@ from ogsd import api
 from ogsd.address import split_address
 from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
-from ogsd.core.models import DaemonState, Decision, Location
+from ogsd.core.models import DaemonState, Decision, Location, Reason
 from ogsd.core.triggers import Trigger
 from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
@@ -240,6 +240,8 @@ class Daemon:
 
     def _published(self, decision: Decision, trigger: Trigger) -> None:
         self.decision, self.trigger = decision, trigger
+        if decision.reason is Reason.PORTAL:
+            self._rearm.set()  # the timer retries sooner (portal_retry_s)
         self.feed.publish(self._decision_json())
         self.notifier.status(self._status_line())
 
@@ -274,6 +276,8 @@ class Daemon:
             expiry = await self._next_expiry()
             if expiry is not None:
                 delay = min(delay, max(1.0, (expiry - self.clock()).total_seconds()))
+            if self.decision is not None and self.decision.reason is Reason.PORTAL:
+                delay = min(delay, d.portal_retry.total_seconds())
             log.info("next periodic evaluation", in_s=round(delay, 1))
             with anyio.move_on_after(delay):
                 await rearm.wait()

@@ -287,6 +287,17 @@ def test_unknown_keys_are_named_with_a_suggestion(tmp_path: Path, text: str,
     ("[ogs]\nmetric = \"rtt\"\n", '[ogs] metric = "rtt": must be "network" or "exchange"'),
     ("[ogs]\nproxy = \"wpad\"\n",
      '[ogs] proxy = "wpad": must be "none" or "static" or "auto" or "pac"'),
+    ('[ogs]\nproxy_url = "socks5://p.example:1080"\n',
+     '[ogs] proxy_url = "socks5://p.example:1080": not a proxy URL: '
+     "'socks5://p.example:1080' (only http:// proxies are supported)"),
+    ('[ogs]\nproxy_url = "http://[::1"\n', '[ogs] proxy_url = "http://[::1": not a proxy URL'),
+    ('[ogs]\nproxy_url = "http://p.example:3128/path"\n', "(expected http://host:port)"),
+    ('[ogs]\nproxy = "none"\nproxy_url = "http://p.example:3128"\n',
+     '[ogs] proxy = "none": must be "static" when proxy_url is set'),
+    ('[ogs]\npac_url = "wpad.dat"\n',
+     '[ogs] pac_url = "wpad.dat": must be an http://, https:// or file:// URL'),
+    ("[daemon]\nportal_retry_s = 0.5\n", "[daemon] portal_retry_s = 0.5: must be between 1 "
+                                         "and 3600"),
     ("[daemon]\nperiod_minutes = 0.5\n", "[daemon] period_minutes = 0.5: must be between 1 "
                                          "and 10080"),
     ("[daemon]\nperiod_jitter = 0.6\n", "[daemon] period_jitter = 0.6: must be between 0 and"),
@@ -444,3 +455,13 @@ def test_changed_keys_are_named_as_in_the_file(tmp_path: Path, edit: str,
     before = load_toml(tmp_path, ONE_GATEWAY)
     after = load_toml(tmp_path, ONE_GATEWAY + edit)
     assert changed_keys(before, after) == expected
+
+
+def test_proxy_and_pac_urls_imply_their_mode(tmp_path: Path) -> None:
+    path = tmp_path / "ogsd.toml"
+    path.write_text('[ogs]\nproxy_url = "http://u:p@proxy.example:3128"\n' + ONE_GATEWAY)
+    static = load_config(path).settings
+    assert (static.proxy_mode, static.proxy_url) == ("static", "http://u:p@proxy.example:3128")
+    path.write_text('[ogs]\npac_url = "http://wpad.example/wpad.dat"\n' + ONE_GATEWAY)
+    pac = load_config(path).settings
+    assert (pac.proxy_mode, pac.pac_url) == ("pac", "http://wpad.example/wpad.dat")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,16 @@ from typing import Any
 import pytest
 
 from ogsd.cli import main
+from ogsd.daemon import Options
+from tests.daemon_helpers import FakeClock, running_daemon, short_dir
 from tests.tlsserver import LoopbackServer
 
 pytestmark = pytest.mark.root
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PORTAL = "http://portal.hotel.example/login?continue=1"
+# portal_retry_s = 1 plus a round on loopback, with room for a loaded CI machine.
+RETRY_WAIT_S = 5.0
 
 
 class Env:
@@ -108,3 +113,37 @@ def test_the_check_runs_for_gateways_without_a_valid_entry(
             out = env.run(capsys, now=later)
             assert portal.requests == 1
     assert (out["source"], out["reason_code"]) == ("kept", "portal")
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """The daemon runs on uvloop."""
+    return "asyncio", {"use_uvloop": True}
+
+
+@pytest.mark.anyio
+async def test_the_daemon_retries_soon_after_a_portal(env: Env) -> None:
+    # Continuous mode with the usual 30-minute period: only the portal retry can bring
+    # the second round within seconds (no network event happens here).
+    near, far = env.hosts
+    directory = short_dir("ogsd-portal-")
+    try:
+        with (LoopbackServer(host=near) as a, LoopbackServer(host=far) as b):
+            env.write((a.port, b.port))
+            env.config.write_text(env.config.read_text().replace(
+                "[[gateway]]", "[daemon]\nperiod_minutes = 30\nportal_retry_s = 1\n"
+                "[[gateway]]", 1))
+            options = Options(env.config, (), directory / "state", directory / "ogsd.sock",
+                              watch_network=False, watch_sleep=False)
+            portal = _portal(near, status=302, location=PORTAL)
+            with portal:
+                async with running_daemon(options, env.config, FakeClock()) as (_, seen):
+                    first = await seen.next()
+                    assert (first["source"], first["reason_code"]) == ("kept", "portal")
+                    assert "evaluating again in 1 s" in first["reason"]
+                    portal.close()  # the user logged in: the portal is gone
+                    second = await seen.next(within=RETRY_WAIT_S)
+                    assert (second["source"], second["reason_code"]) == ("probes", "probes")
+                    assert second["selected"] in env.hosts
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -107,7 +107,9 @@ class LoopbackServer:
         self.close()
 
     def close(self) -> None:
-        """Stop accepting, cut open connections and join every thread."""
+        """Stop accepting, cut open connections and join every thread (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
