@@ -55,6 +55,7 @@ class DnsServer:
         silent: bool = False,
         delay: float = 0.0,
         servfail: Sequence[str] = (),
+        delays: Mapping[str, float] | None = None,
     ) -> None:
         self._records = {_canonical(k): tuple(v) for k, v in (records or {}).items()}
         self.delay = delay  # every answer this late (a very slow server)
@@ -62,11 +63,14 @@ class DnsServer:
         # CSCti20768: some resolvers silently drop type-A queries whose name is an IP.
         self.drop_a_for_ip_literal = drop_a_for_ip_literal
         self.silent = silent  # receive and count, never answer: a black-holed server
+        self.delays = dict(delays or {})  # per type name ("AAAA"): instead of `delay`
+        self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
         self._queried = threading.Condition(self._lock)
         self._counts: Counter[str] = Counter()
         self._queries: list[tuple[str, str]] = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         self._wake_r, self._wake_w = os.pipe()
@@ -84,6 +88,9 @@ class DnsServer:
     ) -> None:
         os.write(self._wake_w, b"x")
         self._thread.join(STOP_TIMEOUT_S)
+        for timer in self._timers:
+            timer.cancel()
+            timer.join(STOP_TIMEOUT_S)
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._sock.close()
@@ -123,9 +130,11 @@ class DnsServer:
             reply = self._handle(data)
             if reply is None:
                 continue
-            if self.delay:  # later, without holding up the queries behind it
-                timer = threading.Timer(self.delay, self._send_late, (reply, peer))
+            delay = self.delays.get(_question_type(data), self.delay)
+            if delay:  # later, without holding up the queries behind it
+                timer = threading.Timer(delay, self._send_late, (reply, peer))
                 timer.daemon = True
+                self._timers.append(timer)
                 timer.start()
             else:
                 self._sock.sendto(reply, peer)
@@ -167,6 +176,11 @@ class DnsServer:
                 dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, rdtype, matching)
             )
         return response.to_wire()
+
+
+def _question_type(data: bytes) -> str:
+    query = dns.message.from_wire(data)
+    return dns.rdatatype.to_text(query.question[0].rdtype)
 
 
 def _canonical(name: str) -> str:
