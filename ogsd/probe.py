@@ -366,16 +366,16 @@ class _Round:
                 stream, t1 = await _established(sock)
                 del self.connecting[(key, index)]
                 _, rtt_us = _tcp_info(sock)
-                if address is None:  # through the proxy: its CONNECT round trip ranks
-                    phase = "proxy CONNECT"
-                    sent = time.perf_counter_ns()
-                    await open_tunnel(stream, _required(self.proxy), host, gateway.port)
-                    network_ms = (time.perf_counter_ns() - sent) / 1e6
-                else:
-                    network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
-                self.set_state(key, index, ProbeState(t0 / 1e9, connected_ms=network_ms))
                 tls: TLSStream | None = None
                 try:
+                    if address is None:  # through the proxy: its CONNECT round trip ranks
+                        phase = "proxy CONNECT"
+                        sent = time.perf_counter_ns()
+                        await open_tunnel(stream, _required(self.proxy), host, gateway.port)
+                        network_ms = (time.perf_counter_ns() - sent) / 1e6
+                    else:
+                        network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
+                    self.set_state(key, index, ProbeState(t0 / 1e9, connected_ms=network_ms))
                     phase = "TLS handshake"
                     tls = await TLSStream.wrap(stream, hostname=host,  # SNI (none for an IP)
                                                ssl_context=self.tls_context,

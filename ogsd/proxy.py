@@ -30,6 +30,8 @@ from ogsd.httphead import HeadError, authority, parse_head, read_head
 # curl's default port for an http:// proxy URL without one.
 DEFAULT_PROXY_PORT = 1080
 PROXY_ENV = ("https_proxy", "HTTPS_PROXY")
+# 407 is the proxy's own "who are you"; some proxies (tinyproxy's BasicAuth) send 401.
+AUTH_REQUIRED = frozenset({401, 407})
 NO_PROXY_ENV = ("no_proxy", "NO_PROXY")
 
 
@@ -145,11 +147,11 @@ async def open_tunnel(stream: ByteStream, proxy: Proxy, host: str, port: int) ->
         head = parse_head(await read_head(stream))
     except HeadError as exc:
         raise ProxyError(f"proxy {proxy.label}: {exc}") from None
-    if head.status == 407:
+    if head.status in AUTH_REQUIRED:
         given = "rejected the credentials given" if proxy.credentials else "needs credentials"
-        raise ProxyError(f"proxy {proxy.label} requires authentication (407 Proxy "
-                         f"Authentication Required): it {given}; put them in proxy_url "
-                         "as http://user:password@host:port")
+        raise ProxyError(f"proxy {proxy.label} requires authentication ({head.status} "
+                         f"{head.reason}): it {given}; put them in proxy_url as "
+                         "http://user:password@host:port".replace(" ()", ""))
     if not 200 <= head.status < 300:
         raise ProxyError(f"proxy {proxy.label} refused CONNECT {authority(host, port, 0)}: "
                          f"{head.status} {head.reason}".rstrip())
