@@ -13,11 +13,12 @@ The certificate is deliberately not verified: a probe carries no credentials (no
 no auth header, no client certificate) and only the timing of the answer is used, never
 its content. The VPN client verifies the gateway when it actually connects.
 
-Pacing: a round holds at most `in_flight` sockets at once (probes, port-80 checks, DNS
-lookups), within the file-descriptor limit; gateways are served in order, each with its
-probes together. Pacing cannot bias a figure: the network one is the kernel's and the
-exchange clock starts at the SYN, and an unstarted probe blocks settlement (it could be
-anything). A probe that can no longer beat the best is dropped at once, freeing its slot.
+Pacing (ogsd.pacing): a round holds at most `in_flight` sockets at once (probes, port-80
+checks, DNS lookups), served in gateway order, each gateway's probes together; by the
+network metric, TLS handshakes take turns, lowest TCP figure first. Pacing cannot bias a
+figure (the network one is the kernel's; a probe's wait for its turn is left out of its
+exchange figure), and an unstarted probe blocks settlement (it could be anything). A
+probe that can no longer beat the best is dropped at once, freeing its socket.
 
 The round stops when `ogsd.core.rounds.settle_time` says no unfinished probe can change
 the winner (after asking the kernel about connects the loop has not yet seen), when every
@@ -28,11 +29,8 @@ from __future__ import annotations
 
 import errno
 import math
-import os
-import resource
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -45,21 +43,24 @@ from anyio.streams.tls import TLSStream
 from ogsd import portal
 from ogsd.addresses import ResolveError, Resolver, resolve
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
-from ogsd.core.rounds import ProbeState, best, cancel_reason, settle_time
-from ogsd.dnsquery import bind_to_device
+from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
 from ogsd.httphead import HeadError, parse_head, read_head, request
+from ogsd.pacing import IN_FLIGHT_MAX, TLS_TURNS, Turns, socket_budget
+from ogsd.probesock import (
+    TCP_ESTABLISHED,
+    describe_error,
+    established,
+    smoothed_rtt_ms,
+    syn,
+    tcp_info,
+    tls_context,
+)
 from ogsd.proxy import Proxy, ProxyError, open_tunnel
 
 __all__ = ["Resolver", "RoundOutcome", "probe_round"]
 
 log = structlog.get_logger("ogsd.probe")
 
-# Sockets one round holds at most. Each TLS probe in flight costs ~40 kB of our memory
-# and some CPU per handshake; 256 keeps 1,000 gateways at 50 ms inside the deadline and
-# the daemon under 150 MB (bench/README.md), and fits the default 1024-fd limit.
-IN_FLIGHT_MAX = 256
-# File descriptors left to the rest of the daemon (API clients, store, D-Bus, netlink).
-FD_RESERVE = 64
 # A port-80 check still unanswered when probing is over gets this much longer. A portal
 # answers port 80 in about one of its round trips, sooner than our 443 exchanges through
 # it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
@@ -67,11 +68,6 @@ CHECK_GRACE_AFTER_ROUND_S = 0.1
 # The settle watcher's passes are O(probes): after a pass that took t, wait at least
 # this many t before the next, so a 3,000-probe round cannot spend the loop on them.
 WATCH_THROTTLE = 3.0
-# struct tcp_info (linux/tcp.h): u8 tcpi_state at 0, u32 tcpi_rtt at 68 (microseconds;
-# offsetof on Debian 12's headers).
-TCP_INFO_LEN = 104
-TCP_INFO_RTT_OFFSET = 68
-TCP_ESTABLISHED = 1
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
@@ -126,7 +122,7 @@ async def probe_round(
         raise ValueError(f"deadline and probe_timeout must be > 0 ({deadline}, {probe_timeout})")
     round_ = _Round(metric=metric, probe_count=probe_count, probe_timeout=probe_timeout,
                     resolver=resolver, clock=clock, hosts=hosts, settle_early=settle_early,
-                    device=device, proxy=proxy, in_flight=_socket_budget(in_flight))
+                    device=device, proxy=proxy, in_flight=socket_budget(in_flight))
     started_at = clock()
     t0 = time.perf_counter()
     with anyio.move_on_after(deadline) as deadline_scope:
@@ -155,17 +151,6 @@ async def probe_round(
                         portal=round_.portal)
 
 
-def _socket_budget(wanted: int) -> int:
-    """`wanted`, or fewer when the file-descriptor limit leaves less room."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        used = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        used = FD_RESERVE
-    room = soft - used - FD_RESERVE if soft != resource.RLIM_INFINITY else wanted
-    return max(1, min(wanted, room))
-
-
 class _Round:
     """The mutable state of one round; tasks report into it, `watch` decides when to stop."""
 
@@ -183,6 +168,7 @@ class _Round:
         self.proxy_address: str | None = None
         self.limit = in_flight
         self.slots = anyio.CapacityLimiter(in_flight)
+        self.turns = Turns(TLS_TURNS)
         self.states = {h: [ProbeState()] * probe_count for h in hosts}
         self.walls: dict[str, list[float | None]] = {h: [None] * probe_count for h in hosts}
         self.addresses: dict[str, str] = {}
@@ -197,12 +183,16 @@ class _Round:
         self.connecting: dict[tuple[str, int], socket.socket] = {}
         self.dropped: dict[tuple[str, int], str] = {}
         self.settled_early = False
+        self.leader: tuple[str, float] | None = None  # == best(self.states, self.metric)
         self.probes_scope = anyio.CancelScope()
         self.changed = anyio.Event()
-        self.tls_context = _tls_context()
+        self.tls_context = tls_context()
 
     def set_state(self, key: str, index: int, state: ProbeState) -> None:
         self.states[key][index] = state
+        figure = state.figure(self.metric)
+        if figure is not None and (self.leader is None or figure < self.leader[1]):
+            self.leader = (key, figure)  # best(), kept as probes finish: O(1), not O(probes)
         self.changed.set()
 
     # --- settlement ---------------------------------------------------------------
@@ -230,7 +220,7 @@ class _Round:
             return -math.inf
         if not self.settle_early:
             return None
-        at = settle_time(self.states, self.metric)
+        at = settle_time(self.states, self.metric, self.leader)
         if at is not None and now >= at:
             if self._sweep():
                 return 0.0  # the kernel knew of connects we had not seen: look again
@@ -243,7 +233,7 @@ class _Round:
         """Record connects the kernel has completed but the loop has not yet reported."""
         seen = False
         for (key, index), sock in list(self.connecting.items()):
-            state, rtt_us = _tcp_info(sock)
+            state, rtt_us = tcp_info(sock)
             current = self.states[key][index]
             if state == TCP_ESTABLISHED and rtt_us and current.connected_ms is None:
                 self.states[key][index] = ProbeState(current.started, rtt_us / 1000)
@@ -252,15 +242,16 @@ class _Round:
 
     def _drop_hopeless(self, now: float) -> None:
         """Cancel running probes that can no longer come in under the best figure."""
-        leader = best(self.states, self.metric)
+        leader = self.leader
         if leader is None:
             return
         doomed = self._doomed(leader[1], now)
         if doomed and self._sweep():  # a connect the loop missed may save some of them
             doomed = self._doomed(leader[1], now)
+        reason = cancel_reason(self.states, self.metric, leader) if doomed else ""
         for probe in doomed:
             self.settled_early = True  # the round ends sooner than its slowest probe
-            self.dropped[probe] = cancel_reason(self.states, self.metric)
+            self.dropped[probe] = reason
             self.running.pop(probe).cancel()
 
     def _doomed(self, figure: float, now: float) -> list[tuple[str, int]]:
@@ -325,8 +316,9 @@ class _Round:
             self.probes_scope.cancel()
 
     async def _connect(self, address: str, port: int) -> SocketStream:
-        sock, _ = _syn(address, port, self.device)
-        return (await _established(sock))[0]
+        sock, _ = syn(address, port, self.device)
+        await established(sock)
+        return await SocketStream.from_socket(sock)
 
     # --- one probe --------------------------------------------------------------------
 
@@ -357,26 +349,35 @@ class _Round:
         t0 = time.perf_counter_ns()  # replaced by the SYN's own time once it is sent
         network_ms: float | None = None
         tcp_info_ms: float | None = None
+        held_s = 0.0
         phase = "connecting"
+        turn = False
         try:
             with anyio.fail_after(self.probe_timeout):
-                sock, t0 = await self._syn_paced(address, gateway.port, key, index)
+                sock, t0 = await self._syn_paced(address, gateway.port)
                 self.set_state(key, index, ProbeState(started=t0 / 1e9))
                 self.connecting[(key, index)] = sock
-                stream, t1 = await _established(sock)
+                t1 = await established(sock)
                 del self.connecting[(key, index)]
-                _, rtt_us = _tcp_info(sock)
+                _, rtt_us = tcp_info(sock)  # the SYN/ACK's own sample, before any data
+                stream: SocketStream | None = None
                 tls: TLSStream | None = None
                 try:
                     if address is None:  # through the proxy: its CONNECT round trip ranks
                         phase = "proxy CONNECT"
+                        stream = await SocketStream.from_socket(sock)
                         sent = time.perf_counter_ns()
                         await open_tunnel(stream, _required(self.proxy), host, gateway.port)
                         network_ms = (time.perf_counter_ns() - sent) / 1e6
                     else:
                         network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
                     self.set_state(key, index, ProbeState(t0 / 1e9, connected_ms=network_ms))
+                    if self.metric is Metric.NETWORK:
+                        phase = "waiting for a TLS turn"
+                        held_s = await self.turns.take(network_ms)
+                        turn = True
                     phase = "TLS handshake"
+                    stream = stream or await SocketStream.from_socket(sock)
                     tls = await TLSStream.wrap(stream, hostname=host,  # SNI (none for an IP)
                                                ssl_context=self.tls_context,
                                                standard_compatible=False)
@@ -384,15 +385,21 @@ class _Round:
                     await tls.send(request(host, gateway.port, 443))
                     parse_head(await read_head(tls))
                     raw = tls.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
-                    tcp_info_ms = _smoothed_rtt_ms(raw)
+                    tcp_info_ms = smoothed_rtt_ms(raw)
                 finally:
-                    await (tls or stream).aclose()
-            exchange_ms = (time.perf_counter_ns() - t0) / 1e6
+                    if turn:
+                        self.turns.give()
+                    opened = tls or stream
+                    if opened is not None:
+                        await opened.aclose()
+                    else:
+                        sock.close()
+            exchange_ms = (time.perf_counter_ns() - t0) / 1e6 - held_s * 1000
             error = None
         except TimeoutError:
             exchange_ms, error = None, f"timeout after {self.probe_timeout:g} s ({phase})"
         except (OSError, ssl.SSLError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            exchange_ms, error = None, _describe(exc, phase)
+            exchange_ms, error = None, describe_error(exc, phase)
         except (_ProbeError, ProxyError, HeadError) as exc:
             exchange_ms, error = None, str(exc)
         except Exception as exc:  # a bug in one probe must not take the round down
@@ -401,14 +408,13 @@ class _Round:
         return ProbeSample(started_at=self.walls[key][index] or 0.0, network_rtt_ms=network_ms,
                            tcp_info_rtt_ms=tcp_info_ms, exchange_ms=exchange_ms, error=error)
 
-    async def _syn_paced(self, address: str | None, port: int, key: str,
-                         index: int) -> tuple[socket.socket, int]:
+    async def _syn_paced(self, address: str | None, port: int) -> tuple[socket.socket, int]:
         """`_syn`, waiting for sockets to free up when the process runs out of them."""
         if address is None:
             address, port = await self._proxy_address(), _required(self.proxy).port
         while True:
             try:
-                return _syn(address, port, self.device)
+                return syn(address, port, self.device)
             except OSError as exc:
                 if exc.errno not in _FD_EXHAUSTED or self.slots.borrowed_tokens <= 1:
                     raise
@@ -435,7 +441,8 @@ class _Round:
         if self.portal is not None:
             stopped = f"stopped: {portal.describe(*self.portal)}"
         else:
-            stopped = "deadline" if deadline_hit else cancel_reason(self.states, self.metric)
+            stopped = "deadline" if deadline_hit else cancel_reason(self.states, self.metric,
+                                                                    self.leader)
         samples = []
         for state, wall in zip(self.states[key], self.walls[key], strict=True):
             if state.done is not None:
@@ -467,87 +474,6 @@ def _required(proxy: Proxy | None) -> Proxy:
 def _key(gateway: Gateway) -> str:
     """How the round names a gateway: its host, with the port when not 443."""
     return gateway.host if gateway.port == 443 else f"{gateway.host}:{gateway.port}"
-
-
-def _tls_context() -> ssl.SSLContext:
-    """TLS for probes: no certificate verification (see the module docstring)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def _syn(address: str, port: int, device: str | None = None) -> tuple[socket.socket, int]:
-    """Start a TCP connect; returns the socket and the perf_counter_ns the SYN left at.
-
-    Our own non-blocking connect() rather than anyio.connect_tcp, so the start time is
-    taken right before the syscall, not before a task switch or two.
-    """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        # The TLS Finished and the request are two writes: with Nagle on, the request
-        # waits for the Finished's ACK and the exchange grows by one RTT. uvloop sets
-        # this itself; stdlib asyncio skips sockets made with proto 0, like this one.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        bind_to_device(sock, device)
-        t0 = time.perf_counter_ns()
-        err = sock.connect_ex((address, port))
-        if err not in (0, errno.EINPROGRESS):
-            raise OSError(err, os.strerror(err))
-    except BaseException:
-        sock.close()
-        raise
-    return sock, t0
-
-
-async def _established(sock: socket.socket) -> tuple[SocketStream, int]:
-    """Wait for the connect started by `_syn`; returns the stream and when the loop saw it."""
-    try:
-        await anyio.wait_writable(sock)
-        t1 = time.perf_counter_ns()
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-        return await SocketStream.from_socket(sock), t1
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _tcp_info(sock: socket.socket) -> tuple[int | None, int | None]:
-    """(tcpi_state, tcpi_rtt in µs) of a TCP socket; (None, None) where unavailable."""
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
-    except (OSError, AttributeError):
-        return None, None
-    if len(info) < TCP_INFO_RTT_OFFSET + 4:
-        return None, None
-    (rtt_us,) = struct.unpack_from("=I", info, TCP_INFO_RTT_OFFSET)
-    return info[0], rtt_us
-
-
-def _smoothed_rtt_ms(sock: socket.socket) -> float | None:
-    """The kernel's smoothed RTT for this connection, None where TCP_INFO is unavailable."""
-    _, rtt_us = _tcp_info(sock)
-    return None if rtt_us is None else rtt_us / 1000.0
-
-
-def _describe(exc: BaseException, phase: str) -> str:
-    """A one-line reason for a failed probe."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, anyio.EndOfStream):
-        return f"connection closed by the server ({phase})"
-    if isinstance(exc, anyio.BrokenResourceError):
-        return f"connection reset ({phase})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} ({phase})"
-    return f"{exc} ({phase})"
 
 
 def _log_result(result: GatewayResult, probe_count: int) -> None:

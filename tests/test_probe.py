@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import anyio
@@ -404,3 +408,30 @@ def test_no_gateways_is_an_empty_round() -> None:
     out = run([], metric=X)
     assert out.results == ()
     assert not out.deadline_hit
+
+
+EMFILE_SNIPPET = """
+import json, resource, anyio
+from ogsd import probe
+from ogsd.core.models import Gateway, Metric
+resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+probe.socket_budget = lambda wanted: wanted  # pretend there is room: EMFILE must be met
+ports = json.loads(input())
+gateways = [Gateway(host="127.0.0.1", port=p) for p in ports]
+out = anyio.run(lambda: probe.probe_round(gateways, metric=Metric.NETWORK, deadline=5.0,
+                                          settle_early=False))
+print(json.dumps([[s.error for s in r.samples] for r in out.results]))
+"""
+
+
+def test_running_out_of_file_descriptors_slows_the_round_down_not_fails_it() -> None:
+    # 40 gateways x 3 probes need 120 sockets at once; the process may hold 96 fds.
+    with ExitStack() as stack:
+        servers = [stack.enter_context(LoopbackServer()) for _ in range(40)]
+        done = subprocess.run([sys.executable, "-c", EMFILE_SNIPPET],
+                              input=json.dumps([s.port for s in servers]),
+                              capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "out of file descriptors: fewer probes at once" in done.stdout + done.stderr
+    errors_seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert errors_seen == [[None, None, None]] * 40

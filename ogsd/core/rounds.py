@@ -85,15 +85,17 @@ def best(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> tuple[st
     return found
 
 
-def settle_time(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> float | None:
+def settle_time(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
+                leader: tuple[str, float] | None = None) -> float | None:
     """Earliest monotonic time at which the round is settled if no probe changes state.
 
     `-math.inf` when it already is regardless of time; None when only an event (a probe
-    starting, connecting or finishing) can settle it.
+    starting, connecting or finishing) can settle it. `leader` is `best(states, metric)`
+    when the caller keeps it up to date (a round of thousands of probes does).
     """
     if all(probe.finished for probes in states.values() for probe in probes):
         return -math.inf
-    leader = best(states, metric)
+    leader = leader or best(states, metric)
     if leader is None:
         return None
     figure = leader[1]
@@ -112,9 +114,10 @@ def settled(states: Mapping[str, Sequence[ProbeState]], metric: Metric, now: flo
     return at is not None and now >= at
 
 
-def cancel_reason(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> str:
+def cancel_reason(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
+                  leader: tuple[str, float] | None = None) -> str:
     """The error recorded for probes stopped because the round settled early."""
-    leader = best(states, metric)
+    leader = leader or best(states, metric)
     if leader is None:
         return CANCELLED
     return f"{CANCELLED}: could not beat {leader[0]} ({leader[1]:.1f} ms)"
