@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -53,6 +54,8 @@ def inner(request: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall, "cpu_s": cpu, "deadline_hit": out.deadline_hit,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pick": ranked.hosts[0] if ranked.usable else None,
+        "errors": Counter(s.error.split(" (")[0] for r in out.results for s in r.samples
+                          if s.error and not s.cancelled).most_common(3),
         "figures": {r.host: [s.network_rtt_ms for s in r.samples
                              if s.network_rtt_ms is not None] for r in out.results},
     }
@@ -98,7 +101,8 @@ def main() -> None:
             print(f"run {run + 1}: wall {r['wall_s']:.2f} s, cpu {r['cpu_s']:.2f} s, "
                   f"rss {r['rss_mb']:.0f} MB, deadline {'hit' if r['deadline_hit'] else 'no'}, "
                   f"pick {'right' if r['pick'] == NEAR else r['pick']}, median error near "
-                  f"{_ms(near_error)} far {_ms(far_error)} ({len(far_values)} connects)")
+                  f"{_ms(near_error)} far {_ms(far_error)} ({len(far_values)} connects)"
+                  + (f"; errors {r['errors']}" if r["errors"] else ""))
     finally:
         for spinner in spinners:
             spinner.kill()

@@ -42,6 +42,7 @@ from anyio.streams.tls import TLSStream
 
 from ogsd import portal
 from ogsd.addresses import ResolveError, Resolver, resolve
+from ogsd.core.addrorder import Candidate
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
 from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
 from ogsd.httphead import HeadError, parse_head, read_head, request
@@ -130,10 +131,11 @@ async def probe_round(
             async with anyio.create_task_group() as probes:
                 round_.probes_scope = probes.cancel_scope
                 probes.start_soon(round_.watch)
-                for gateway in gateways:
+                for gateway in gateways:  # admitted in order as sockets free up
                     check = _key(gateway) in proxy_check_for or gateway.host in proxy_check_for
+                    await round_.slots.acquire_on_behalf_of(token := object())
                     probes.start_soon(round_.run_gateway, gateway, probes,
-                                      checks if check else None, http_port)
+                                      checks if check else None, http_port, token)
             with anyio.move_on_after(CHECK_GRACE_AFTER_ROUND_S):
                 await round_.checks_done()
             checks.cancel_scope.cancel()
@@ -274,18 +276,23 @@ class _Round:
     # --- one gateway ----------------------------------------------------------------
 
     async def run_gateway(self, gateway: Gateway, probes: TaskGroup,
-                          checks: TaskGroup | None, http_port: int) -> None:
+                          checks: TaskGroup | None, http_port: int, admitted: object) -> None:
+        """Resolve (on the admission's socket slot), then start the check and probes."""
         host, key = gateway.host, _key(gateway)
         log.info(f"OGS starting thread named {host}", host=host, port=gateway.port)
         target: str | None = None
         if self.proxy is not None and not self.proxy.bypassed(host, gateway.port):
             self.proxied.add(key)  # the proxy resolves the name; no port-80 check through it
+            self._release(admitted)
         else:
             try:
-                async with self.slots:
-                    candidates, self.resolver = await resolve(host, self.resolver, self.device)
-            except ResolveError as exc:
-                self.errors[key] = f"cannot resolve {host}: {exc}"
+                try:
+                    candidates = await self._resolve(host)
+                finally:
+                    self._release(admitted)
+            except (ResolveError, OSError) as exc:
+                why = exc if isinstance(exc, ResolveError) else describe_error(exc, "resolving")
+                self.errors[key] = f"cannot resolve {host}: {why}"
                 for index in range(len(self.states[key])):
                     self.set_state(key, index, ProbeState(failed=True))
                 return
@@ -299,13 +306,36 @@ class _Round:
             await self.slots.acquire_on_behalf_of(token := object())
             probes.start_soon(self.probe, gateway, target, index, token)
 
+    async def _resolve(self, host: str) -> list[Candidate]:
+        """The gateway's addresses, best first, waiting for descriptors if none are left."""
+        while True:
+            try:
+                candidates, self.resolver = await resolve(host, self.resolver, self.device)
+                return candidates
+            except OSError as exc:
+                if exc.errno not in _FD_EXHAUSTED or self.slots.borrowed_tokens <= 1:
+                    raise
+            await self._fewer_sockets()
+
+    def _release(self, token: object) -> None:
+        """Give a socket slot back and wake whoever waits for a descriptor."""
+        self.slots.release_on_behalf_of(token)
+        self.released.set()
+        self.released = anyio.Event()
+
+    async def _fewer_sockets(self) -> None:
+        """Out of descriptors while others hold some: admit fewer, wait for one to close."""
+        self.limit = self.slots.total_tokens = max(1, self.slots.borrowed_tokens - 1)
+        log.warning("out of file descriptors: fewer probes at once", in_flight=self.limit)
+        await self.released.wait()
+
     async def port80_check(self, key: str, host: str, address: str, port: int,
                            token: object) -> None:
         """AnyConnect's plain-HTTP request: a portal or proxy answering it ends the round."""
         try:
             found = await portal.check(host, address, port, self._connect)
         finally:
-            self.slots.release_on_behalf_of(token)
+            self._release(token)
         self.checks[key] = found
         self.check_finished.set()
         log.info(f"OGS proxy check for {host}: {found.error or found.status}", host=host,
@@ -332,9 +362,7 @@ class _Round:
         finally:
             self.running.pop((key, index), None)
             self.connecting.pop((key, index), None)
-            self.slots.release_on_behalf_of(token)
-            self.released.set()
-            self.released = anyio.Event()
+            self._release(token)
         if scope.cancelled_caught:  # dropped: it could not beat the best any more
             state = self.states[key][index]
             sample = ProbeSample(self.walls[key][index] or 0.0, state.connected_ms,
@@ -418,10 +446,7 @@ class _Round:
             except OSError as exc:
                 if exc.errno not in _FD_EXHAUSTED or self.slots.borrowed_tokens <= 1:
                     raise
-            # Others hold sockets: admit fewer from now on, and wait for one to close.
-            self.limit = self.slots.total_tokens = max(1, self.slots.borrowed_tokens - 1)
-            log.warning("out of file descriptors: fewer probes at once", in_flight=self.limit)
-            await self.released.wait()
+            await self._fewer_sockets()
 
     async def _proxy_address(self) -> str:
         proxy = _required(self.proxy)

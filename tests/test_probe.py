@@ -427,7 +427,8 @@ print(json.dumps([[s.error for s in r.samples] for r in out.results]))
 def test_running_out_of_file_descriptors_slows_the_round_down_not_fails_it() -> None:
     # 40 gateways x 3 probes need 120 sockets at once; the process may hold 96 fds.
     with ExitStack() as stack:
-        servers = [stack.enter_context(LoopbackServer()) for _ in range(40)]
+        # Slow answers keep every probe open at once, so the limit is met for sure.
+        servers = [stack.enter_context(LoopbackServer(delay=0.3)) for _ in range(40)]
         done = subprocess.run([sys.executable, "-c", EMFILE_SNIPPET],
                               input=json.dumps([s.port for s in servers]),
                               capture_output=True, text=True, timeout=30, check=False)
