@@ -16,6 +16,7 @@ import anyio
 import structlog
 
 from ogsd import logs
+from ogsd.autoproxy import AutoProxy
 from ogsd.config import Config, ConfigError, load_config
 from ogsd.core.report import selection_table
 from ogsd.core.triggers import Trigger
@@ -129,10 +130,12 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     except DnsConfigError as exc:
         raise BadInput(str(exc)) from None
     store = open_store(state_dir(args.state_dir))
+    autoproxy = AutoProxy(os.environ)
     with closing(store):
-        engine = Engine(config, store, clock=clock, resolver=resolver)
+        engine = Engine(config, store, clock=clock, resolver=resolver,
+                        auto_proxy=autoproxy.detect)
         trigger = Trigger.FORCED if args.no_cache else Trigger.EVALUATE
-        outcome = anyio.run(_evaluate_here, engine, trigger,
+        outcome = anyio.run(_evaluate_here, engine, trigger, autoproxy,
                             backend_options={"use_uvloop": True})
         decision = outcome.decision
         try:
@@ -151,7 +154,7 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     return EXIT_OK if decision.selected is not None else EXIT_NONE
 
 
-async def _evaluate_here(engine: Engine, trigger: Trigger) -> Outcome:
+async def _evaluate_here(engine: Engine, trigger: Trigger, autoproxy: AutoProxy) -> Outcome:
     """One evaluation where we are: the physical location and path, VPN up or not."""
     resolved = ResolvedClient()
     try:
@@ -162,7 +165,10 @@ async def _evaluate_here(engine: Engine, trigger: Trigger) -> Outcome:
         resolved.close()
     if view.reading is None:
         raise BadInput(view.error or "no DNS configuration")
-    return await engine.decide(trigger, view.reading.location, path=net.probe_path(state))
+    try:
+        return await engine.decide(trigger, view.reading.location, path=net.probe_path(state))
+    finally:
+        await autoproxy.aclose()
 
 
 def _cache(args: argparse.Namespace) -> int:

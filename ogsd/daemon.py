@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 
 from ogsd import api
 from ogsd.address import split_address
+from ogsd.autoproxy import AutoProxy
 from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location, Reason
@@ -102,7 +103,8 @@ class Daemon:
         self.clock = clock
         self._load_config = load_config
         self.notifier = notifier or Notifier()
-        self.engine = Engine(config, store, clock=clock)
+        self._autoproxy = AutoProxy(os.environ, options.bus_address)
+        self.engine = Engine(config, store, clock=clock, auto_proxy=self._autoproxy.detect)
         self.feed = api.DecisionFeed()
         self.location: Location | None = None
         self.decision: Decision | None = None
@@ -161,6 +163,7 @@ class Daemon:
                 with anyio.move_on_after(SHUTDOWN_SAVE_S, shield=True):
                     await self.persister.save(())
             self._resolved.close()
+            self._autoproxy.close()
             # Jobs queued but not run die with us; their streams must not outlive run().
             self._jobs_send.close()
             self._jobs_recv.close()
