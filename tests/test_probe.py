@@ -436,3 +436,19 @@ def test_running_out_of_file_descriptors_slows_the_round_down_not_fails_it() -> 
     assert "out of file descriptors: fewer probes at once" in done.stdout + done.stderr
     errors_seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors_seen == [[None, None, None]] * 40
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+def test_pacing_does_not_change_the_winner(in_flight: int) -> None:
+    # Few sockets at once: gateways are served in order, the fastest last. A probe not
+    # yet started could be anything, so the round cannot settle before it has run.
+    delays = (0.12, 0.09, 0.06, 0.03, 0.0)
+    with ExitStack() as stack:
+        servers = [stack.enter_context(LoopbackServer(delay=d)) for d in delays]
+        out = run([gw(s.port) for s in servers], metric=X, probe_count=2, in_flight=in_flight)
+    figures = [r.rtt(X) for r in out.results]
+    best = min(f for f in figures if f is not None)
+    assert figures[-1] == best, figures
+    assert out.results[-1].error is None
+    if in_flight == 1:  # one probe at a time: every slower probe ran before the winner
+        assert out.elapsed_s >= 2 * sum(delays)
