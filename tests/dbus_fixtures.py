@@ -75,16 +75,21 @@ class DBusDaemon:
     def stop(self) -> None:
         """Terminate the daemon (clients see their connection drop)."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
+        if proc is not None:
+            stop_process(proc, STARTUP_TIMEOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; the stdout pipe closed."""
+    if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=STARTUP_TIMEOUT)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import select
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from ogsd.autoproxy import AutoProxy, from_environment, proxy_setting
 from ogsd.cli import main
 from ogsd.core.triggers import PROXY_SKIP_TEXT
 from tests.daemon_helpers import short_dir
+from tests.dbus_fixtures import stop_process
 
 START_TIMEOUT_S = 30.0  # NetworkManager starts in ~1 s here; bounded for a loaded machine
 STOP_TIMEOUT_S = 10.0
@@ -171,15 +171,7 @@ class NetworkManager:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            stop_process(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture
