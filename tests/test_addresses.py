@@ -17,6 +17,7 @@ import pytest
 from ogsd.addresses import RESOLUTION_DELAY_S, ResolveError, ordered, resolve
 from ogsd.core.addrorder import Candidate, order
 from ogsd.core.models import Gateway, Metric
+from ogsd.dnsquery import BoundResolver
 from ogsd.probe import RoundOutcome, probe_round
 from tests.daemon_helpers import in_netns
 from tests.dnsserver import DnsServer
@@ -94,6 +95,18 @@ def test_no_address_is_a_resolve_error() -> None:
             anyio.run(resolve, "empty.test", _resolver(dns_server))
         with pytest.raises(ResolveError, match="NXDOMAIN"):
             anyio.run(resolve, "missing.test", _resolver(dns_server))
+
+
+def test_bound_resolver_over_ipv6_feeds_an_ipv6_probe() -> None:
+    # While a VPN is up, names go to the physical network's DNS from the uplink device.
+    with (DnsServer({"v6only.test": ["::1"]}, host="::1") as dns_server,
+          LoopbackServer(host="::1") as server):
+        resolver = BoundResolver(("::1",), device="lo", port=dns_server.port)
+        out = _round([Gateway("v6only.test", port=server.port)], resolver=resolver,
+                     device="lo")
+    (result,) = out.results
+    assert (result.error, result.address, result.family) == (None, "::1", "IPv6")
+    assert dns_server.queries.count(("v6only.test.", "AAAA")) == 1
 
 
 def test_probes_bound_to_a_device_over_ipv6() -> None:
