@@ -32,6 +32,7 @@ import math
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -114,7 +115,7 @@ async def probe_round(
     `proxy_check_for` names the hosts that get the port-80 check (those not cached).
     """
     hosts = [_key(g) for g in gateways]
-    duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
+    duplicates = sorted(h for h, n in Counter(hosts).items() if n > 1)
     if duplicates:
         raise ValueError(f"gateway listed twice: {', '.join(duplicates)}")
     if probe_count < 1:
@@ -384,9 +385,10 @@ class _Round:
             with anyio.fail_after(self.probe_timeout):
                 sock, t0 = await self._syn_paced(address, gateway.port)
                 self.set_state(key, index, ProbeState(started=t0 / 1e9))
-                self.connecting[(key, index)] = sock
+                if address is not None:  # the sweep reads a direct connect's kernel RTT
+                    self.connecting[(key, index)] = sock
                 t1 = await established(sock)
-                del self.connecting[(key, index)]
+                self.connecting.pop((key, index), None)
                 _, rtt_us = tcp_info(sock)  # the SYN/ACK's own sample, before any data
                 stream: SocketStream | None = None
                 tls: TLSStream | None = None

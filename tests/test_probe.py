@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -24,8 +25,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from ogsd import __version__
-from ogsd.core.models import Gateway, GatewayResult, Metric
-from ogsd.probe import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, probe_round
+from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample
+from ogsd.core.rounds import ProbeState
+from ogsd.probe import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, _Round, probe_round
 from tests.tlsserver import LoopbackServer, blackholed_port, refused_port
 
 N, X = Metric.NETWORK, Metric.EXCHANGE
@@ -452,3 +454,26 @@ def test_pacing_does_not_change_the_winner(in_flight: int) -> None:
     assert out.results[-1].error is None
     if in_flight == 1:  # one probe at a time: every slower probe ran before the winner
         assert out.elapsed_s >= 2 * sum(delays)
+
+
+def test_settling_asks_the_kernel_about_connects_the_loop_has_not_seen() -> None:
+    # A busy loop wakes late: a probe whose SYN/ACK has arrived still looks unconnected,
+    # and by elapsed time alone it "could not beat" the leader. The kernel knows better.
+    async def look() -> tuple[float | None, float | None]:
+        round_ = _Round(metric=N, probe_count=1, probe_timeout=5.0, resolver=None,
+                        clock=lambda: 0.0, hosts=["a", "b"], settle_early=True, device=None,
+                        proxy=None, in_flight=8)
+        done = ProbeState(0.0, 5.0, done=ProbeSample(0.0, 5.0, exchange_ms=15.0))
+        round_.set_state("a", 0, done)  # the leader: 5 ms
+        with socket.create_server((LOCAL, 0)) as listener, \
+                socket.create_connection(listener.getsockname()) as sock:
+            now = time.perf_counter()
+            round_.states["b"][0] = ProbeState(started=now - 1.0)  # SYN sent 1 s "ago"
+            round_.connecting[("b", 0)] = sock
+            at = round_._settle_pass(now)
+            return at, round_.states["b"][0].connected_ms
+
+    at, connected_ms = anyio.run(look)
+    assert at == 0.0  # not settled: look again with what the kernel said
+    assert connected_ms is not None
+    assert connected_ms < 5.0  # loopback: the kernel's RTT is microseconds
