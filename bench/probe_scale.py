@@ -46,10 +46,11 @@ def inner(request: dict[str, Any]) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     gateways = [Gateway(host=a) for a in request["addresses"]]
     cpu0, t0 = time.process_time(), time.perf_counter()
-    out = anyio.run(lambda: probe_round(gateways, metric=Metric.NETWORK),
+    metric = Metric(request.get("metric", "network"))
+    out = anyio.run(lambda: probe_round(gateways, metric=metric),
                     backend="asyncio", backend_options={"use_uvloop": True})
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    ranked = rank(out.results, Metric.NETWORK)
+    ranked = rank(out.results, metric)
     return {
         "wall_s": wall, "cpu_s": cpu, "deadline_hit": out.deadline_hit,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--best", type=float, default=30.0, help="the near one's RTT (30)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--busy", action="store_true", help="keep both cores busy meanwhile")
+    parser.add_argument("--metric", choices=[m.value for m in Metric], default="network")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
@@ -84,9 +86,10 @@ def main() -> None:
         if args.busy:
             spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                         for _ in range(2)]
-        request = json.dumps({"addresses": [g.address for g in (*far, near)]})
+        request = json.dumps({"addresses": [g.address for g in (*far, near)],
+                              "metric": args.metric})
         print(f"{args.gateways} gateways at {args.rtt:g} ms + 1 at {args.best:g} ms"
-              f"{', both cores busy' if args.busy else ''}")
+              f"{', both cores busy' if args.busy else ''}, ranked by {args.metric}")
         for run in range(args.runs):
             done = lab.exec([sys.executable, "-m", "bench.probe_scale", "--inner"],
                             input=request, timeout=120)

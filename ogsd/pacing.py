@@ -5,9 +5,9 @@ thousands of handshakes (1,000 gateways at 50 ms used to hit the 7 s deadline wi
 figure, at ~1 GB). Two limits instead:
 - sockets (`socket_budget`): probes, port-80 checks and DNS lookups held at once, within
   the file-descriptor limit, served in gateway order;
-- TLS turns (`Turns`): by the network metric a connected probe starts TLS only when its
-  turn comes, lowest TCP figure first. The exchanges that can still win are done first;
-  the others are dropped as soon as the best figure is known, without a handshake.
+- TLS turns (`Turns`): a connected probe starts TLS only when its turn comes, lowest TCP
+  figure first. The exchanges that can still win are done first; the others are dropped
+  as soon as the best figure is known, without a handshake.
 Neither biases a figure: the network figure is the kernel's handshake RTT, and the time
 a probe waited for its turn is left out of its exchange figure.
 """
@@ -27,9 +27,12 @@ import anyio
 IN_FLIGHT_MAX = 1024
 # File descriptors left to the rest of the daemon (API clients, store, D-Bus, netlink).
 FD_RESERVE = 64
-# TLS handshakes at once by the network metric. Each costs ~1 ms of CPU on each side;
+# TLS handshakes at once. Each costs ~1 ms of CPU on each side;
 # 32 keeps the pipeline full at LAN and WAN round trips without queueing on the CPU.
 TLS_TURNS = 32
+# By the exchange metric every probe that could win needs its whole exchange (its figure
+# is not known at connect): more turns keep up, at some loop latency in each figure.
+EXCHANGE_TLS_TURNS = 128
 
 
 def socket_budget(wanted: int) -> int:

@@ -14,8 +14,8 @@ no auth header, no client certificate) and only the timing of the answer is used
 its content. The VPN client verifies the gateway when it actually connects.
 
 Pacing (ogsd.pacing): a round holds at most `in_flight` sockets at once (probes, port-80
-checks, DNS lookups), served in gateway order, each gateway's probes together; by the
-network metric, TLS handshakes take turns, lowest TCP figure first. Pacing cannot bias a
+checks, DNS lookups), served in gateway order, each gateway's probes together; TLS
+handshakes take turns, lowest TCP figure first. Pacing cannot bias a
 figure (the network one is the kernel's; a probe's wait for its turn is left out of its
 exchange figure), and an unstarted probe blocks settlement (it could be anything). A
 probe that can no longer beat the best is dropped at once, freeing its socket.
@@ -47,7 +47,7 @@ from ogsd.core.addrorder import Candidate
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
 from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
 from ogsd.httphead import HeadError, parse_head, read_head, request
-from ogsd.pacing import IN_FLIGHT_MAX, TLS_TURNS, Turns, socket_budget
+from ogsd.pacing import EXCHANGE_TLS_TURNS, IN_FLIGHT_MAX, TLS_TURNS, Turns, socket_budget
 from ogsd.probesock import (
     TCP_ESTABLISHED,
     describe_error,
@@ -171,7 +171,7 @@ class _Round:
         self.proxy_address: str | None = None
         self.limit = in_flight
         self.slots = anyio.CapacityLimiter(in_flight)
-        self.turns = Turns(TLS_TURNS)
+        self.turns = Turns(TLS_TURNS if metric is Metric.NETWORK else EXCHANGE_TLS_TURNS)
         self.states = {h: [ProbeState()] * probe_count for h in hosts}
         self.walls: dict[str, list[float | None]] = {h: [None] * probe_count for h in hosts}
         self.addresses: dict[str, str] = {}
@@ -382,7 +382,7 @@ class _Round:
         phase = "connecting"
         turn = False
         try:
-            with anyio.fail_after(self.probe_timeout):
+            with anyio.fail_after(self.probe_timeout) as timeout:
                 sock, t0 = await self._syn_paced(address, gateway.port)
                 self.set_state(key, index, ProbeState(started=t0 / 1e9))
                 if address is not None:  # the sweep reads a direct connect's kernel RTT
@@ -401,11 +401,12 @@ class _Round:
                         network_ms = (time.perf_counter_ns() - sent) / 1e6
                     else:
                         network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
-                    self.set_state(key, index, ProbeState(t0 / 1e9, connected_ms=network_ms))
-                    if self.metric is Metric.NETWORK:
-                        phase = "waiting for a TLS turn"
-                        held_s = await self.turns.take(network_ms)
-                        turn = True
+                    self.set_state(key, index, ProbeState(t0 / 1e9, network_ms, held=True))
+                    phase = "waiting for a TLS turn"
+                    held_s = await self.turns.take(network_ms)
+                    turn = True
+                    timeout.deadline += held_s  # our queue is not the gateway's slowness
+                    self.set_state(key, index, ProbeState(t0 / 1e9 + held_s, network_ms))
                     phase = "TLS handshake"
                     stream = stream or await SocketStream.from_socket(sock)
                     tls = await TLSStream.wrap(stream, hostname=host,  # SNI (none for an IP)

@@ -35,6 +35,11 @@ from dataclasses import dataclass
 
 from ogsd.core.models import CANCELLED, Metric, ProbeSample
 
+# An exchange is the TCP handshake, TLS 1.3's one round trip (1.2's two) and the request's,
+# each waiting for the previous answer: at least 3 round trips. Two are counted, so a
+# round trip or two shorter than the handshake's (jitter) never drops a probe unfairly.
+EXCHANGE_MIN_RTTS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeState:
@@ -44,6 +49,9 @@ class ProbeState:
     connected_ms: float | None = None  # TCP handshake time, once connected
     done: ProbeSample | None = None  # the finished probe (complete or with an error)
     failed: bool = False  # can no longer produce a figure (error, or gateway unresolvable)
+    # Connected and waiting for its TLS turn (ogsd.pacing): the wait is left out of its
+    # exchange figure, so its clock is stopped; `started` moves on by the wait after it.
+    held: bool = False
 
     @property
     def finished(self) -> bool:
@@ -69,8 +77,10 @@ class ProbeState:
             return math.inf  # not started: its figure could be anything
         if metric is Metric.NETWORK and self.connected_ms is not None:
             return math.inf if self.connected_ms < best else None
-        if self.connected_ms is not None and self.connected_ms >= best:
-            return None  # the exchange lasts at least as long as its TCP handshake
+        if self.connected_ms is not None and self.connected_ms * EXCHANGE_MIN_RTTS >= best:
+            return None  # the exchange takes that many round trips at least
+        if self.held:
+            return math.inf  # its exchange clock is stopped until its turn
         return self.started + best / 1000.0
 
 

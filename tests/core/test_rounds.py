@@ -22,6 +22,10 @@ def connected(started: float, ms: float) -> ProbeState:
     return ProbeState(started=started, connected_ms=ms)
 
 
+def held(started: float, ms: float) -> ProbeState:
+    return ProbeState(started=started, connected_ms=ms, held=True)
+
+
 def done(network: float, exchange: float) -> ProbeState:
     sample = ProbeSample(started_at=0.0, network_rtt_ms=network, exchange_ms=exchange)
     return ProbeState(started=0.0, connected_ms=network, done=sample)
@@ -49,6 +53,13 @@ CASES = [
     ("net: SYN older than best", {"a": [done(10, 50)], "b": [running(0.0)]}, N, 0.010, True),
     ("exchange >= its connect", {"a": [done(1, 10)], "b": [connected(5.0, 12)]}, X, 5.0, True),
     ("exch: fast connect, timing", {"a": [done(1, 10)], "b": [connected(0.0, 3)]}, X, 0.005, False),
+    # An exchange is 3 round trips at least; two are counted (jitter): 2 x 5 >= 10.
+    ("exch: two connects >= best", {"a": [done(1, 10)], "b": [connected(0.0, 5)]}, X, 0.0, True),
+    ("exch: two connects < best", {"a": [done(1, 10)], "b": [connected(0.0, 4.9)]}, X, 0.0, False),
+    # Waiting for its TLS turn, a probe's exchange clock is stopped: time does not drop it.
+    ("exch: held", {"a": [done(1, 10)], "b": [held(0.0, 3)]}, X, 100.0, False),
+    ("exch: held, too far", {"a": [done(1, 10)], "b": [held(0.0, 6)]}, X, 100.0, True),
+    ("net: held under best", {"a": [done(10, 50)], "b": [held(0.0, 5)]}, N, 100.0, False),
     ("leader's own probe may lower it", {"a": [done(1, 10), running(0.0)]}, X, 0.009, False),
     ("leader's own probe can't", {"a": [done(1, 10), running(0.0)]}, X, 0.010, True),
     ("worse + running", {"a": [done(1, 10)], "b": [done(2, 12), running(0.0)]}, X, 0.009, False),
