@@ -32,7 +32,7 @@ from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import validate
 from ogsd.probe import probe_round
 
-NEAR = "198.18.200.1"
+NEAR = "198.18.100.1"  # outside the client subnet and the VPN range
 
 
 def _address(i: int) -> str:
