@@ -120,6 +120,11 @@ class Connection:
             raise CtlError(EXIT_ERROR, f"unexpected reply from ogsd: {_clip(message)}")
         return message
 
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """The socket and what was read past the last reply: for a caller's own loop."""
+        sock, pending, self._buffer = self._sock, self._buffer, b""
+        return sock, pending
+
     def events(self) -> Iterator[dict[str, Any]]:
         """Watch events, forever: no timeout once the stream is set up."""
         self._sock.settimeout(None)
@@ -363,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
                         ("resume", "the machine woke up")):
         notify_sub.add_parser(event, help=text)
     add("reload", "re-read the configuration and profiles")
+    connect = add("connect", "run openconnect to ogsd's choice, through the failover order")
+    connect.add_argument("--dry-run", action="store_true",
+                         help="print the order and the openconnect command lines; run nothing "
+                              "(no root or admin rights needed)")
+    connect.add_argument("--once", action="store_true",
+                         help="no reconnect when an established session ends by itself")
+    connect.add_argument("--follow", action="store_true",
+                         help="after resume, move the session to the gateway ogsd selects")
+    connect.add_argument("--openconnect", metavar="PATH",
+                         help="the openconnect to run (default: openconnect on $PATH)")
+    connect.add_argument("openconnect_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                         help="passed to openconnect untouched (e.g. -- -u alice)")
     add("watch", "print each decision as it happens, until Ctrl-C")
     return parser
 
@@ -371,6 +388,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse, talk to ogsd, print; the exit code."""
     args = build_parser().parse_args(argv)
     path = args.socket or str(client_socket())
+    if args.command == "connect":
+        from ogsd import connect  # noqa: PLC0415 (the other commands stay fast)
+
+        return connect.run(args, path)
     timeout = args.timeout or (
         WAIT_TIMEOUT_S if args.command == "evaluate" and args.wait else DEFAULT_TIMEOUT_S)
     try:

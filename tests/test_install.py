@@ -131,3 +131,11 @@ def test_lab_without_its_extra_says_what_to_install(plain: tuple[Venv, str],
         assert (done.returncode, done.stdout) == (2, ""), command
         assert done.stderr == ("ogsd.lab: the lab needs the 'lab' extra (cryptography is not "
                                "installed): pip install 'ogsd[lab]'\n"), command
+
+
+def test_the_openconnect_hook_is_installed_executable(plain: tuple[Venv, str]) -> None:
+    # ogsctl connect hands it to openconnect as --script (README "Use with openconnect").
+    venv, _ = plain
+    done = venv.run("python", "-c", "import os; from ogsd.connect import HOOK; "
+                                    "print(HOOK.parent.parent.name, os.access(HOOK, os.X_OK))")
+    assert (done.returncode, done.stdout) == (0, "ogsd True\n"), done.stderr
