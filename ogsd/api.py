@@ -103,11 +103,12 @@ class Handler(Protocol):
     async def results(self) -> Json:
         """`results`: the last decision in full (the table)."""
 
-    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
-        """`evaluate` {"wait": bool=false, "connect": bool=false}: force a round; with
-        connect, apply AnyConnect's connect-time rules instead (cache, and no new round
-        within the suspend time of the last disconnection); wait=true returns the
-        decision, else {"started": bool, "message": str}."""
+    async def evaluate(self, *, wait: bool, connect: bool = False, full: bool = False) -> Json:
+        """`evaluate` {"wait": bool=false, "connect": bool=false, "full": bool=false}:
+        force a round; with connect, apply AnyConnect's connect-time rules instead (cache,
+        and no new round within the suspend time of the last disconnection); with full,
+        the round waits for every probe (every gateway's exact figures); wait=true
+        returns the decision, else {"started": bool, "message": str}."""
 
     async def cache_list(self) -> Json:
         """`cache.list`: {"entries": [cache entry]}."""
@@ -272,7 +273,8 @@ METHODS: dict[str, Method] = {
     "gateways": Method("gateways", write=False),
     "watch": Method("subscribe", write=False),
     "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False),
-                                                       "connect": Param(bool, default=False)}),
+                                                       "connect": Param(bool, default=False),
+                                                       "full": Param(bool, default=False)}),
     "cache.clear": Method("cache_clear", write=True),
     "notify.connected": Method("notify_connected", write=True, params={
         "host": Param(str, required=True, check=_check_host),

@@ -166,7 +166,8 @@ async def _evaluate_here(engine: Engine, trigger: Trigger, autoproxy: AutoProxy)
     if view.reading is None:
         raise BadInput(view.error or "no DNS configuration")
     try:
-        return await engine.decide(trigger, view.reading.location, path=net.probe_path(state))
+        return await engine.decide(trigger, view.reading.location,
+                                   path=net.probe_path(state, view))
     finally:
         await autoproxy.aclose()
 

@@ -252,7 +252,10 @@ def _request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if command in ("best", "order"):
         return "selection", {}
     if command == "evaluate":
-        return "evaluate", {"wait": args.wait, "connect": args.connect}
+        evaluate: dict[str, Any] = {"wait": args.wait, "connect": args.connect}
+        if args.full:
+            evaluate["full"] = True
+        return "evaluate", evaluate
     if command == "cache":
         return f"cache.{args.action}", {}
     if command == "notify":
@@ -351,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("evaluate", "run a probe round now")
     evaluate.add_argument("--wait", action="store_true",
                           help="wait for the round and print its table")
+    evaluate.add_argument("--full", action="store_true",
+                          help="measure every gateway to the end (no early stop once the "
+                               "winner is certain): every figure exact")
     evaluate.add_argument("--connect", action="store_true",
                           help="about to connect: AnyConnect's rules (cache; no new round "
                                "within the suspend time of the last disconnection)")

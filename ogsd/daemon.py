@@ -37,7 +37,7 @@ from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, Write
 from ogsd.location import Sources
 from ogsd.netenv import NetEnvResult, network_environment_test
-from ogsd.netstate import NetState
+from ogsd.netstate import NetState, View
 from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
 from ogsd.persist import RETRY_S, Persister
 from ogsd.resolved import ResolvedClient
@@ -82,6 +82,7 @@ class _Job:
     slept: timedelta | None = None
     netenv_ok: bool = True
     sleep_started_at: datetime | None = None  # the sleep record this resume settles
+    full: bool = False  # wait for every probe (ogsctl evaluate --full)
     done: anyio.Event = field(default_factory=anyio.Event)
     decision: Decision | None = None
     error: str | None = None
@@ -122,6 +123,7 @@ class Daemon:
         self._net_scope: anyio.CancelScope | None = None  # cancelled: a new watcher starts
         self._net_started = anyio.Event()  # set once the current watcher watches
         self._rearm = anyio.Event()  # set: the periodic timer re-reads its settings
+        self._looking = anyio.Lock()  # one look at the network at a time (_observe)
         self.persister = Persister(store)  # every write of ours goes through it
         self.rounds = 0  # evaluations finished (tests and status read it)
 
@@ -205,8 +207,9 @@ class Daemon:
     # --- evaluations -------------------------------------------------------------
 
     async def submit(self, trigger: Trigger, *, slept: timedelta | None = None,
-                     netenv_ok: bool = True, sleep_started_at: datetime | None = None) -> _Job:
-        job = _Job(trigger, slept, netenv_ok, sleep_started_at)
+                     netenv_ok: bool = True, sleep_started_at: datetime | None = None,
+                     full: bool = False) -> _Job:
+        job = _Job(trigger, slept, netenv_ok, sleep_started_at, full)
         await self._jobs_send.send(job)
         return job
 
@@ -215,13 +218,13 @@ class Daemon:
             writes: Sequence[Write] = ()
             try:
                 # A fresh look: the routes decide how probes must travel (VPN or not).
-                await self._observe()
+                view, _ = await self._observe()
                 if self.location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
                 state = await self._state()
                 outcome = await self.engine.decide(
                     job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok,
-                    path=self.net.probe_path(state), state=state)
+                    path=self.net.probe_path(state, view), state=state, full=job.full)
                 job.decision, writes = outcome.decision, outcome.writes
             except (DnsConfigError, StoreError, OSError) as exc:
                 job.error = str(exc)
@@ -310,11 +313,17 @@ class Daemon:
 
     # --- events ------------------------------------------------------------------
 
-    async def _observe(self, snapshot: NetSnapshot | None = None) -> bool:
+    async def _observe(self, snapshot: NetSnapshot | None = None) -> tuple[View, bool]:
         """Take in the network as it is: tunnel up or down, physical uplink, location.
 
-        True when the location's key set changed.
+        The view, and whether the location's key set changed. One look at a time: the
+        watcher, a resume and the worker look concurrently, and an older look finishing
+        last would leave a stale view behind.
         """
+        async with self._looking:
+            return await self._look(snapshot)
+
+    async def _look(self, snapshot: NetSnapshot | None) -> tuple[View, bool]:
         state = await self._state()
         watched = self._watched_addresses(state)
         if self._net_watcher is not None:  # host routes to these are reported
@@ -331,7 +340,7 @@ class Daemon:
             await self._update_state(uplink=uplink.device, uplink_gateway=uplink.gateway)
         if view.reading is None:
             log.warning("cannot read the DNS configuration", error=view.error)
-            return False
+            return view, False
         location = view.reading.location
         try:
             self.engine.resolver = await anyio.to_thread.run_sync(
@@ -343,7 +352,7 @@ class Daemon:
             log.info("location", domain=location.domain, servers=list(location.servers),
                      source=view.reading.source, current=view.reading.current)
         self.location = location
-        return changed
+        return view, changed
 
     def _watched_addresses(self, state: DaemonState) -> list[str]:
         """Addresses whose host routes mean "this gateway's VPN is up"."""
@@ -494,10 +503,10 @@ class Daemon:
 
     async def _resume_test(self) -> NetEnvResult:
         """The network-environment test, from the physical uplink while a VPN is up."""
-        await self._observe()
+        view, _ = await self._observe()
         if self.location is None:
             return NetEnvResult(False, False, False, "no DNS configuration to test")
-        path = self.net.probe_path(await self._state())
+        path = self.net.probe_path(await self._state(), view)
         return await network_environment_test(
             self.location, gateway_names=[g.host for g in self.config.gateways],
             device=path.device, netns=self.options.netns)
@@ -552,8 +561,8 @@ class Daemon:
         out["trigger"] = self.trigger.value if self.trigger else None
         return out
 
-    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
-        job = await self.submit(Trigger.CONNECT if connect else Trigger.FORCED)
+    async def evaluate(self, *, wait: bool, connect: bool = False, full: bool = False) -> Json:
+        job = await self.submit(Trigger.CONNECT if connect else Trigger.FORCED, full=full)
         if not wait:
             return {"started": True, "message": "evaluation queued"}
         await job.done.wait()
@@ -653,7 +662,7 @@ class Daemon:
                  gateways=[g.host for g in config.gateways])
         if later:
             log.warning("settings not applied until ogsd restarts", settings=later)
-        if await self._observe():
+        if (await self._observe())[1]:
             await self.submit(Trigger.LOCATION)
         elif (config.gateways, config.settings) != (old.gateways, old.settings):
             # The decision published may name a gateway just removed: decide again (the

@@ -100,20 +100,23 @@ class Engine:
 
     async def evaluate(self, trigger: Trigger, location: Location, *,
                        slept: timedelta | None = None, netenv_ok: bool = True,
-                       path: ProbePath = DIRECT) -> Decision:
+                       path: ProbePath = DIRECT, full: bool = False) -> Decision:
         """Decide for `location` as `trigger` requires, store and log the outcome."""
         outcome = await self.decide(trigger, location, slept=slept, netenv_ok=netenv_ok,
-                                    path=path)
+                                    path=path, full=full)
         for write in outcome.writes:
             await anyio.to_thread.run_sync(write.run)
         return outcome.decision
 
     async def decide(self, trigger: Trigger, location: Location, *,
                      slept: timedelta | None = None, netenv_ok: bool = True,
-                     path: ProbePath = DIRECT, state: DaemonState | None = None) -> Outcome:
+                     path: ProbePath = DIRECT, state: DaemonState | None = None,
+                     full: bool = False) -> Outcome:
         """Decide and log; the store writes that record it are returned, not done.
 
         `state`: the daemon's (it may hold changes the disk has not taken); else stored.
+        `full`: a round waits for every probe (every gateway's exact figures, not only
+        the winner's).
         """
         settings = self.config.settings
         gateways = self.config.gateways
@@ -160,7 +163,7 @@ class Engine:
                 clock=self.wall_clock, proxy=self._proxy(),
                 # The threshold compares the current gateway's own figure: it must not be
                 # cut short just because another gateway is already known to be faster.
-                settle_early=not p.apply_threshold)
+                settle_early=not (p.apply_threshold or full))
             now = self.clock()
             log.info("round finished", elapsed_s=round(outcome.elapsed_s, 3),
                      settled_early=outcome.settled_early, deadline_hit=outcome.deadline_hit)

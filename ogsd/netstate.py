@@ -76,9 +76,9 @@ class NetState:
         self.view = View(snapshot, uplink, reading, error)
         return self.view
 
-    def probe_path(self, state: DaemonState) -> ProbePath:
-        """How probes must travel now: bound to the physical uplink while a VPN is up."""
-        view = self.view
+    def probe_path(self, state: DaemonState, view: View | None) -> ProbePath:
+        """How probes must travel for `view`: bound to the physical uplink while a VPN is
+        up."""
         # In the way: a tunnel holding the default route, or the connected VPN's own
         # tunnel (a split tunnel's routes may cover gateway addresses).
         if view is None or (view.tunnel_up is None

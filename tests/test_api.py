@@ -125,8 +125,8 @@ class CannedHandler:
         self._record("results")
         return decision_json(self.decision)
 
-    async def evaluate(self, *, wait: bool, connect: bool = False) -> Json:
-        self._record("evaluate", wait=wait, connect=connect)
+    async def evaluate(self, *, wait: bool, connect: bool = False, full: bool = False) -> Json:
+        self._record("evaluate", wait=wait, connect=connect, **({"full": True} if full else {}))
         if not wait:
             return {"started": True, "message": "evaluation started"}
         if self.block:

@@ -143,6 +143,8 @@ def test_evaluate(daemon: Daemon) -> None:
     assert waited.returncode == 0
     assert "Selected 'vpn-tokyo.example.com' as the optimal server." in waited.stdout
     assert ("evaluate", {"wait": True, "connect": False}) in daemon.handler.calls
+    assert ogsctl(daemon.path, "evaluate", "--wait", "--full").returncode == 0
+    assert ("evaluate", {"wait": True, "connect": False, "full": True}) in daemon.handler.calls
 
 
 def test_cache_list_and_clear(daemon: Daemon) -> None:
