@@ -50,7 +50,7 @@ def source_for(address: str, device: str | None = None) -> str | None:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            bind_to_device(sock, device)
+            bind_to_device(sock, device, address)
             sock.connect((address, 443))  # UDP: a route lookup, nothing is sent
             return str(sock.getsockname()[0])
     except OSError as exc:

@@ -35,9 +35,13 @@ QUERY_TIMEOUT_S = 2.0
 ROUNDS = 2
 
 
-def bind_to_device(sock: socket.socket, device: str | None) -> None:
-    """SO_BINDTODEVICE: the socket's packets leave by `device` whatever the routes say."""
-    if device is not None:
+def bind_to_device(sock: socket.socket, device: str | None, destination: str) -> None:
+    """SO_BINDTODEVICE: the socket's packets leave by `device` whatever the routes say.
+
+    Not for a loopback destination (a local DNS stub, a test's gateway): no uplink
+    reaches it, and nothing of the VPN's is in its way.
+    """
+    if device is not None and not is_loopback(destination):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
 
 
@@ -56,10 +60,8 @@ async def query(message: dns.message.Message, server: str, *,
 
     dns.exception.Timeout when none comes within `timeout`; OSError for a local failure
     (no route by `device`, interface gone). A loopback server (a local stub) is asked
-    unbound: it is not behind any device.
+    unbound: it is not behind any device (`bind_to_device`).
     """
-    if is_loopback(server):
-        device = None
     try:
         with anyio.fail_after(timeout):
             response = await _udp(message, server, port, device)
@@ -74,7 +76,7 @@ def _socket(server: str, kind: int, device: str | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
-        bind_to_device(sock, device)
+        bind_to_device(sock, device, server)
     except BaseException:
         sock.close()
         raise

@@ -79,10 +79,14 @@ class NetState:
     def probe_path(self, state: DaemonState, view: View | None) -> ProbePath:
         """How probes must travel for `view`: bound to the physical uplink while a VPN is
         up."""
-        # In the way: a tunnel holding the default route, or the connected VPN's own
-        # tunnel (a split tunnel's routes may cover gateway addresses).
-        if view is None or (view.tunnel_up is None
-                            and state.connected_device not in view.snapshot.tunnels):
+        # A VPN in play: connected, or a tunnel device up (a client between sessions, a
+        # split tunnel whose routes may cover gateways, one nobody told us about). Bound
+        # from then on, a round that straddles a tunnel coming up still measures the
+        # physical path: an unbound socket follows the routes as they change.
+        in_play = view is not None and (state.connected is not None or view.tunnel_up
+                                        or view.snapshot.tunnels)
+        # Routes watched in another namespace (tests): our sockets do not live there.
+        if view is None or not in_play or self.netns is not None:
             return ProbePath()
         if view.uplink is None:
             if state.connected is None:

@@ -43,7 +43,7 @@ def syn(address: str, port: int, device: str | None = None) -> tuple[socket.sock
         # waits for the Finished's ACK and the exchange grows by one RTT. uvloop sets
         # this itself; stdlib asyncio skips sockets made with proto 0, like this one.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        bind_to_device(sock, device)
+        bind_to_device(sock, device, address)
         t0 = time.perf_counter_ns()
         err = sock.connect_ex((address, port))
         if err not in (0, errno.EINPROGRESS):
