@@ -8,13 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ogsd.lab import Lab
+from tests.daemon_helpers import START_WAIT, DaemonProcess, NotifySocket
 
+# A system bus nobody listens on: the daemon's D-Bus watchers stay quiet.
+NO_BUS = "unix:path=/nonexistent/ogsd-test/bus"
 # Python start-up plus one round (7 s deadline at most): far inside this unless wedged.
 EVALUATE_TIMEOUT_S = 30.0
 # A helper server is a bare Python process: it says "ready" in well under a second.
@@ -129,3 +132,23 @@ def http_responder(netns: str, address: str, response: str, port: int = 80) -> I
     finally:
         proc.terminate()
         proc.communicate(timeout=READY_TIMEOUT_S)
+
+
+def start_lab_daemon(stack: ExitStack, lab: Lab, directory: Path, config: str,
+                     env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """`ogsd run` with `config` in the lab's client namespace, stopped with `stack`; once
+    READY and its first decision published: the socket (a file, reachable from here)
+    and that decision's STATUS= line."""
+
+    path = directory / "ogsd.toml"
+    path.write_text(config)
+    notify = stack.enter_context(NotifySocket(directory / "notify"))
+    daemon = DaemonProcess(
+        config=path, state=directory / "state", socket_path=directory / "ogsd.sock",
+        log=directory / "log",
+        env={"NOTIFY_SOCKET": str(notify.path), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS,
+             **(env or {})},
+        prefix=["ip", "netns", "exec", lab.client_ns])
+    stack.callback(daemon.stop)
+    notify.expect("READY=1", START_WAIT)
+    return daemon.socket_path, notify.expect_status()

@@ -29,13 +29,8 @@ import pytest
 
 from ogsd.lab import GatewayMode, GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import validate
-from tests.daemon_helpers import (
-    START_WAIT,
-    DaemonProcess,
-    NotifySocket,
-    faketime_env,
-    short_dir,
-)
+from tests.daemon_helpers import faketime_env, short_dir
+from tests.lab.ogsd_helpers import start_lab_daemon
 from tests.lab_fixtures import LabFactory, require_vpn
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -43,7 +38,6 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 NEAREST, BACKUP, SECOND, THIRD = ("gw-1.lab.example", "gw-1b.lab.example", "gw-2.lab.example",
                                   "gw-3.lab.example")
 OGSCTL = str(Path(sys.executable).with_name("ogsctl"))
-NO_BUS = "unix:path=/nonexistent/ogsd-test/bus"
 NOBODY = "65534"
 # A connect here: ogsctl's start and ogsd's answer (~0.3 s), openconnect's TLS and login
 # at 20-80 ms (~0.3 s), vpnc-script (~0.1 s). Bounds for a loaded shared machine.
@@ -121,19 +115,9 @@ class Env:
 def start_daemon(stack: ExitStack, lab: Lab, directory: Path,
                  env: dict[str, str] | None = None) -> Path:
     """`ogsd run` in the client namespace, its first decision made; its socket."""
-    config = directory / "ogsd.toml"
-    config.write_text(CONFIG)
-    notify = stack.enter_context(NotifySocket(directory / "notify"))
-    daemon = DaemonProcess(
-        config=config, state=directory / "state", socket_path=directory / "ogsd.sock",
-        log=directory / "log",
-        env={"NOTIFY_SOCKET": str(notify.path), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS,
-             **(env or {})},
-        prefix=["ip", "netns", "exec", lab.client_ns])
-    stack.callback(daemon.stop)
-    notify.expect("READY=1", START_WAIT)
-    assert notify.expect_status() == f"selected {NEAREST} (probes)"
-    return daemon.socket_path
+    socket, status = start_lab_daemon(stack, lab, directory, CONFIG, env)
+    assert status == f"selected {NEAREST} (probes)"
+    return socket
 
 
 @pytest.fixture(scope="module")

@@ -28,22 +28,14 @@ import pytest
 from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import validate
 from ogsd.lab.tun import open_tun
-from tests.daemon_helpers import (
-    START_WAIT,
-    DaemonProcess,
-    NotifySocket,
-    api_client,
-    faketime_env,
-    short_dir,
-    watching,
-)
+from tests.daemon_helpers import api_client, faketime_env, short_dir, watching
+from tests.lab.ogsd_helpers import start_lab_daemon
 from tests.lab_fixtures import LabFactory
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 HOOK = Path(__file__).parents[2] / "ogsd" / "hooks" / "vpnc-script-ogsd"
 OGSCTL = str(Path(sys.executable).with_name("ogsctl"))
-NO_BUS = "unix:path=/nonexistent/ogsd-test/bus"
 RTTS = {"gw-1.lab.example": 20.0, "gw-2.lab.example": 45.0, "gw-3.lab.example": 80.0,
         "gw-4.lab.example": 150.0}
 VPN = "gw-1.lab.example"
@@ -83,19 +75,9 @@ def daemon_in(lab: Lab, env: dict[str, str] | None = None) -> Iterator[Daemon]:
     directory = short_dir("ogsd-vpnd-")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, ignore_errors=True)
-        config = directory / "ogsd.toml"
-        config.write_text(CONFIG)
-        notify = stack.enter_context(NotifySocket(directory / "notify"))
-        proc = DaemonProcess(
-            config=config, state=directory / "state", socket_path=directory / "ogsd.sock",
-            log=directory / "log",
-            env={"NOTIFY_SOCKET": str(notify.path), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS,
-                 **(env or {})},
-            prefix=["ip", "netns", "exec", lab.client_ns])
-        stack.callback(proc.stop)
-        notify.expect("READY=1", START_WAIT)
-        assert notify.expect_status() == f"selected {VPN} (probes)"
-        yield Daemon(lab, directory / "ogsd.sock")
+        socket, status = start_lab_daemon(stack, lab, directory, CONFIG, env)
+        assert status == f"selected {VPN} (probes)"
+        yield Daemon(lab, socket)
 
 
 @pytest.fixture
