@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import math
 import re
@@ -56,6 +57,7 @@ MAX_PERIOD_MINUTES = 7 * 24 * 60.0  # beyond a week, "continuous" means nothing
 MAX_IDLE_TIMEOUT_S = 86400.0
 MAX_RESUME_WAIT_S = 3600.0  # an hour after resume, the rules' "after resume" is over
 MAX_CLIENTS_RANGE = (1, 1024)
+MAX_TEXTFILE_INTERVAL_S = 3600.0  # node_exporter reads it at each scrape; older is stale
 # A request is a small JSON line; 1 KiB..16 MiB bounds typos, not real use.
 REQUEST_MAX_BYTES_RANGE = (1024, 16 * 1024 * 1024)
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user"
@@ -67,7 +69,7 @@ PORTAL_RETRY_S_RANGE = (1.0, 3600.0)
 PAC_SCHEMES = ("http", "https", "file")
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "": ("profiles", "ogs", "gateway", "daemon", "dns"),
+    "": ("profiles", "ogs", "gateway", "daemon", "dns", "metrics"),
     "ogs": ("enabled", "improvement_percent", "improvement_floor_ms", "suspend_time_hours",
             "cache_lifetime_days", "probe_count", "round_deadline_s", "probe_timeout_s",
             "metric", "proxy", "proxy_url", "pac_url"),
@@ -78,6 +80,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
                "admin_reserved_clients", "request_max_bytes", "idle_timeout_s",
                "resume_network_wait_s", "portal_retry_s"),
     "dns": ("resolv_conf",),
+    "metrics": ("listen", "textfile", "textfile_interval_s"),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"\s*([\w-]+)\s*[=.]")
@@ -114,6 +117,19 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus exposition (ogsd.metrics); off unless `listen` or `textfile` is set."""
+
+    listen: tuple[str, int] | None = None  # (IP literal, port); port 0: any free port
+    textfile: Path | None = None  # for node_exporter's textfile collector (*.prom)
+    textfile_interval: timedelta = timedelta(seconds=60)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or self.textfile is not None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs from its configuration files."""
 
@@ -123,16 +139,19 @@ class Config:
     resolv_conf: Path | None  # None: automatic (ogsd.dnsenv looks past resolved's stub)
     sources: tuple[Path, ...]  # files read: ogsd.toml first, then each profile
     warnings: tuple[str, ...]
+    metrics: MetricsConfig = MetricsConfig()
 
 
-# What a running daemon cannot change on reload: the socket exists, with its group.
-RESTART_KEYS = frozenset({"[daemon] socket_group"})
+# What a running daemon cannot change on reload: the socket exists, with its group; the
+# metrics port and textfile writer are set up at start.
+RESTART_KEYS = frozenset({"[daemon] socket_group", "[metrics] listen", "[metrics] textfile",
+                          "[metrics] textfile_interval_s"})
 # Field names that differ from their ogsd.toml key.
 _KEYS = {"period": "period_minutes", "debounce": "debounce_s", "idle_timeout": "idle_timeout_s",
          "suspend_time": "suspend_time_hours", "cache_lifetime": "cache_lifetime_days",
          "round_deadline": "round_deadline_s", "probe_timeout": "probe_timeout_s",
          "proxy_mode": "proxy", "resume_network_wait": "resume_network_wait_s",
-         "portal_retry": "portal_retry_s"}
+         "portal_retry": "portal_retry_s", "textfile_interval": "textfile_interval_s"}
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -140,7 +159,8 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     value shows as the ogsd.toml key it stands for; gateways as "gateways")."""
     changed = ["gateways"] if old.gateways != new.gateways else []
     for table, before, after in (("ogs", old.settings, new.settings),
-                                 ("daemon", old.daemon, new.daemon)):
+                                 ("daemon", old.daemon, new.daemon),
+                                 ("metrics", old.metrics, new.metrics)):
         changed += [f"[{table}] {_KEYS.get(f.name, f.name)}" for f in dataclasses.fields(before)
                     if f.compare and getattr(before, f.name) != getattr(after, f.name)]
     if old.resolv_conf != new.resolv_conf:
@@ -471,6 +491,43 @@ def _daemon(table: _Table) -> DaemonConfig:
     )
 
 
+def _metrics(table: _Table, base: Path, warnings: list[str]) -> MetricsConfig:
+    listen = None
+    if (text := table.string("listen", None)) is not None:
+        try:
+            listen = parse_listen(text)
+        except ValueError as e:
+            raise table.error("listen", text, str(e)) from None
+        if not ipaddress.ip_address(listen[0]).is_loopback:
+            warnings.append(f"{table.source.path}: [metrics] listen = {text!r} is not a "
+                            "loopback address: anyone who reaches it sees gateways and probes")
+    textfile = None
+    if (name := table.string("textfile", None)) is not None:
+        if not name.endswith(".prom"):
+            raise table.error("textfile", name, "must end in .prom (node_exporter's textfile "
+                                                "collector reads only *.prom files)")
+        textfile = base / Path(name).expanduser()
+    return MetricsConfig(listen=listen, textfile=textfile, textfile_interval=timedelta(
+        seconds=table.number("textfile_interval_s", 60.0, 1.0, MAX_TEXTFILE_INTERVAL_S)))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`127.0.0.1:9478`, `[::1]:9478` or `localhost:9478` -> (IP literal, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be ADDRESS:PORT with a port between 0 and 65535, "
+                         'e.g. "127.0.0.1:9478"')
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        host = "127.0.0.1"  # one socket, no resolver at start-up
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (or localhost): the port is "
+                         "opened before any name could be resolved") from None
+    return host, int(port)
+
+
 def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) -> Config:
     """Load ogsd.toml (None: none) and the profiles into one validated Config.
 
@@ -480,7 +537,8 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
     source, data = _read_toml(config_path) if config_path else (_Source(None), {})
     base = config_path.parent if config_path else Path()
     root = _Table(source, "", data)
-    ogs, daemon_table, dns = (_subtable(root, n) for n in ("ogs", "daemon", "dns"))
+    ogs, daemon_table, dns, metrics = (_subtable(root, n)
+                                       for n in ("ogs", "daemon", "dns", "metrics"))
     listed = _gateways(root)
     warnings: list[str] = []
     searched = _profile_paths(root, base, profile_paths)
@@ -512,6 +570,7 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
     resolv_path = base / Path(resolv_conf).expanduser() if resolv_conf else None
     if resolv_path is not None and not resolv_path.is_file():
         warnings.append(f"{config_path}: [dns] resolv_conf {resolv_path} is not a file (yet)")
+    metrics_config = _metrics(metrics, base, warnings)
     if not gateways:
         where = ", ".join(str(p) for p in searched) or "none found"
         raise source.error(None, "no gateways: list [[gateway]] entries or profiles "
@@ -523,5 +582,6 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
         resolv_conf=resolv_path,
         sources=(*([config_path] if config_path else []), *(p.path for p in profiles)),
         warnings=tuple(warnings),
+        metrics=metrics_config,
     )
 

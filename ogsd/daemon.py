@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import os
 import random
@@ -36,6 +37,7 @@ from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, Write
 from ogsd.location import Sources
+from ogsd.metrics import Metrics
 from ogsd.netenv import NetEnvResult, network_environment_test
 from ogsd.netstate import NetState, View
 from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
@@ -126,6 +128,9 @@ class Daemon:
         self._looking = anyio.Lock()  # one look at the network at a time (_observe)
         self.persister = Persister(store)  # every write of ours goes through it
         self.rounds = 0  # evaluations finished (tests and status read it)
+        self.metrics = Metrics(config.metrics, self._state) if config.metrics.enabled else None
+        if self.metrics is not None:
+            self.engine.on_round = self.metrics.round_finished
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -142,6 +147,9 @@ class Daemon:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
+                if self.metrics is not None:  # subscribed before the first decision
+                    tg.start_soon(supervise, "metrics",
+                                  functools.partial(self.metrics.run, self.feed.subscribe))
                 tg.start_soon(self._worker)
                 tg.start_soon(self.resume.run)
                 tg.start_soon(self._signals, tg.cancel_scope)

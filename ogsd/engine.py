@@ -33,7 +33,7 @@ from ogsd.core.selection import (
 )
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.portal import describe
-from ogsd.probe import Resolver, probe_round
+from ogsd.probe import Resolver, RoundOutcome, probe_round
 from ogsd.proxy import Proxy, from_environment
 from ogsd.store import Store, StoreError
 
@@ -97,6 +97,8 @@ class Engine:
         self.auto_proxy = auto_proxy
         # Probe timestamps (epoch seconds) come from the same injected clock.
         self.wall_clock = wall_clock or (lambda: self.clock().timestamp())
+        # Told of every probe round as it ends (ogsd.metrics); must not block.
+        self.on_round: Callable[[RoundOutcome], None] | None = None
 
     async def evaluate(self, trigger: Trigger, location: Location, *,
                        slept: timedelta | None = None, netenv_ok: bool = True,
@@ -164,6 +166,8 @@ class Engine:
                 # The threshold compares the current gateway's own figure: it must not be
                 # cut short just because another gateway is already known to be faster.
                 settle_early=not (p.apply_threshold or full))
+            if self.on_round is not None:
+                self.on_round(outcome)
             now = self.clock()
             log.info("round finished", elapsed_s=round(outcome.elapsed_s, 3),
                      settled_early=outcome.settled_early, deadline_hit=outcome.deadline_hit)
