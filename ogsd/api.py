@@ -116,6 +116,10 @@ class Handler(Protocol):
     async def cache_clear(self) -> Json:
         """`cache.clear`: {"cleared": int}; the next connection re-runs OGS."""
 
+    async def diag(self) -> Json:
+        """`diag`: what `ogsctl diag` needs from the daemon (ogsd.diag.daemon_report):
+        recent decisions, cache, state, status, effective configuration, log; redacted."""
+
     async def gateways(self) -> Json:
         """`gateways`: the configured primaries, {"gateways": [{"host", "name", "port",
         "user_group", "backups": [str], "load_balancing": [str], "primary_protocol"}]}."""
@@ -271,6 +275,7 @@ METHODS: dict[str, Method] = {
     "results": Method("results", write=False),
     "cache.list": Method("cache_list", write=False),
     "gateways": Method("gateways", write=False),
+    "diag": Method("diag", write=False),
     "watch": Method("subscribe", write=False),
     "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False),
                                                        "connect": Param(bool, default=False),

@@ -387,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("openconnect_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                          help="passed to openconnect untouched (e.g. -- -u alice)")
     add("watch", "print each decision as it happens, until Ctrl-C")
+    diag = add("diag", "write a support bundle (tar.gz): decisions, cache, configuration, "
+                       "network state, logs; secrets redacted")
+    diag.add_argument("-o", "--output", metavar="FILE",
+                      help="where to write it (default ./ogsd-diag-HOST-TIME.tar.gz; "
+                           "- for standard output)")
     return parser
 
 
@@ -400,6 +405,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         return connect.run(args, path)
     timeout = args.timeout or (
         WAIT_TIMEOUT_S if args.command == "evaluate" and args.wait else DEFAULT_TIMEOUT_S)
+    if args.command == "diag":
+        from ogsd import diag  # noqa: PLC0415 (only this command needs it)
+        return diag.main(args.output, lambda: _ask(path, timeout, "diag"))
     try:
         conn = Connection(path, timeout)
         try:
@@ -415,6 +423,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         print(line)
     return code
+
+
+def _ask(path: str, timeout: float, method: str) -> dict[str, Any]:
+    """One request on its own connection; CtlError says why it failed."""
+    conn = Connection(path, timeout)
+    try:
+        return conn.request(method)
+    finally:
+        conn.close()
 
 
 def main() -> None:

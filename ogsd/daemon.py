@@ -26,7 +26,7 @@ import anyio.to_thread
 import structlog
 from anyio.abc import TaskStatus
 
-from ogsd import api
+from ogsd import api, diag, logs
 from ogsd.address import split_address
 from ogsd.autoproxy import AutoProxy
 from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
@@ -47,6 +47,7 @@ from ogsd.resume import PendingResume, ResumeWaiter
 from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.sleepwatch import SleepEvent, SleepWatcher
 from ogsd.store import Store, StoreError
+from ogsd.store_schema import state_to_dict
 
 log = structlog.get_logger("ogsd.daemon")
 
@@ -593,6 +594,17 @@ class Daemon:
 
     async def gateways(self) -> Json:
         return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
+
+    async def diag(self) -> Json:
+        decisions = await anyio.to_thread.run_sync(self.store.decisions, diag.DECISIONS)
+        entries = await anyio.to_thread.run_sync(self.store.list_entries)
+        metrics = self.metrics
+        return diag.daemon_report(
+            self.config, status=await self.status(), state=state_to_dict(await self._state()),
+            decisions=[api.decision_json(d) for d in decisions],
+            cache=[api.cache_entry_json(e) for e in entries], log_events=logs.recent(),
+            extra={"rounds": self.rounds, "metrics": None if metrics is None else {
+                "address": metrics.address, "textfile": metrics.config.textfile}})
 
     async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
         # Client hooks may only know the address (openconnect's $VPNGATEWAY), users type

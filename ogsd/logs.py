@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections import deque
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
+
+# The daemon's latest log events, for `ogsctl diag` (journald keeps more, when it runs):
+# a day of a quiet daemon, or the last few rounds of a busy one.
+RECENT_EVENTS = 2000
+_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+
+
+def recent() -> list[dict[str, Any]]:
+    """The latest log events, oldest first (copies of structlog's event dicts)."""
+    return list(_recent)
+
+
+def _remember(_logger: object, _method: str, event: MutableMapping[str, Any]
+              ) -> MutableMapping[str, Any]:
+    _recent.append(dict(event))
+    return event
 
 
 class _Stderr:
@@ -32,8 +50,8 @@ def configure(*, level: int = logging.INFO, stream: TextIO | None = None,
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*processors, structlog.processors.format_exc_info, renderer]
-        if json else [*processors, renderer],
+        processors=[*processors, structlog.processors.format_exc_info, _remember, renderer]
+        if json else [*processors, _remember, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_Stderr() if stream is None else structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,

@@ -147,6 +147,10 @@ class CannedHandler:
         self._record("gateways")
         return {"gateways": []}
 
+    async def diag(self) -> Json:
+        self._record("diag")
+        return {"decisions": [decision_json(self.decision)], "status": {}}
+
     async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
         self._record("notify_connected", host=host, **({"device": device} if device else {}))
         if self.decision is None or host not in self.decision.order:
