@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pwd
+import re
 import socket
 import stat
 import struct
@@ -124,14 +125,22 @@ class Handler(Protocol):
         """`gateways`: the configured primaries, {"gateways": [{"host", "name", "port",
         "user_group", "backups": [str], "load_balancing": [str], "primary_protocol"}]}."""
 
-    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
+    async def notify_connected(self, *, host: str | None = None, device: str | None = None,
+                               nm_uuid: str | None = None) -> Json:
         """`notify.connected` {"host": str, "device": str?}: a VPN connection to `host`
         (a gateway's host or the address it was reached at) is up on tunnel `device`.
+        Instead of "host", "nm_uuid": a NetworkManager connection's UUID (its dispatcher
+        knows no address): the daemon looks up the server it was brought up to.
         {"message"}."""
 
     async def notify_disconnected(self, *, device: str | None = None) -> Json:
         """`notify.disconnected` {"device": str?}: the VPN connection (on `device`) went
         down. {"message"}."""
+
+    async def nm_apply(self, *, name: str | None = None) -> Json:
+        """`nm.apply` {"name": str?}: point the NetworkManager connections ogsd follows (or
+        the one with that name or UUID) at the current decision's optimal server now.
+        {"connections": [{"name", "uuid", "gateway", "lasthost", "changed", "note"?}]}."""
 
     async def notify_sleep(self) -> Json:
         """`notify.sleep`: the machine is about to sleep. {"message"}."""
@@ -252,6 +261,7 @@ class Method:
     attr: str  # Handler attribute
     write: bool  # changes state: admins only
     params: dict[str, Param] = field(default_factory=dict)
+    one_of: tuple[str, ...] = ()  # at least one of these params must be given
 
 
 def _check_host(value: str) -> str | None:
@@ -269,6 +279,19 @@ def _check_device(value: str) -> str | None:
     return None
 
 
+def _check_uuid(value: str) -> str | None:
+    if re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", value) is None:
+        return "must be a UUID (NetworkManager's CONNECTION_UUID)"
+    return None
+
+
+def _check_name(value: str) -> str | None:
+    # NetworkManager's connection.id: any printable text; bounded like a request.
+    if not value or len(value) > 255 or not value.isprintable():
+        return "must be a connection name or UUID (1-255 printable characters)"
+    return None
+
+
 METHODS: dict[str, Method] = {
     "status": Method("status", write=False),
     "selection": Method("selection", write=False),
@@ -282,10 +305,12 @@ METHODS: dict[str, Method] = {
                                                        "full": Param(bool, default=False)}),
     "cache.clear": Method("cache_clear", write=True),
     "notify.connected": Method("notify_connected", write=True, params={
-        "host": Param(str, required=True, check=_check_host),
-        "device": Param(str, check=_check_device)}),
+        "host": Param(str, check=_check_host),
+        "device": Param(str, check=_check_device),
+        "nm_uuid": Param(str, check=_check_uuid)}, one_of=("host", "nm_uuid")),
     "notify.disconnected": Method("notify_disconnected", write=True, params={
         "device": Param(str, check=_check_device)}),
+    "nm.apply": Method("nm_apply", write=True, params={"name": Param(str, check=_check_name)}),
     "notify.sleep": Method("notify_sleep", write=True),
     "notify.resume": Method("notify_resume", write=True),
     "reload": Method("reload", write=True),
@@ -328,6 +353,10 @@ def _validate(name: str, method: Method, params: Json) -> Json:
         if problem:
             raise ApiError(BAD_PARAMS, f"{name}: param '{key}' {problem}")
         out[key] = value
+    if method.one_of and all(out[key] is None for key in method.one_of):
+        first, *others = method.one_of
+        raise ApiError(BAD_PARAMS, f"{name}: missing param '{first}' "
+                                   f"(or {', '.join(repr(o) for o in others)})")
     return out
 
 

@@ -69,7 +69,7 @@ PORTAL_RETRY_S_RANGE = (1.0, 3600.0)
 PAC_SCHEMES = ("http", "https", "file")
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "": ("profiles", "ogs", "gateway", "daemon", "dns", "metrics"),
+    "": ("profiles", "ogs", "gateway", "daemon", "dns", "metrics", "networkmanager"),
     "ogs": ("enabled", "improvement_percent", "improvement_floor_ms", "suspend_time_hours",
             "cache_lifetime_days", "probe_count", "round_deadline_s", "probe_timeout_s",
             "metric", "proxy", "proxy_url", "pac_url"),
@@ -81,6 +81,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
                "resume_network_wait_s", "portal_retry_s"),
     "dns": ("resolv_conf",),
     "metrics": ("listen", "textfile", "textfile_interval_s"),
+    "networkmanager": ("connections", "update_gateway"),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"\s*([\w-]+)\s*[=.]")
@@ -130,6 +131,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class NetworkManagerConfig:
+    """NetworkManager-openconnect connections whose servers are gateways (ogsd.nm)."""
+
+    connections: tuple[str, ...] = ()  # connection names (NM's connection.id)
+    all_connections: bool = False  # every openconnect connection
+    update_gateway: bool = True  # keep them pointed at the optimal server
+
+    @property
+    def enabled(self) -> bool:
+        return self.all_connections or bool(self.connections)
+
+    def wants(self, name: str) -> bool:
+        """Whether the connection called `name` is one of ours."""
+        return self.all_connections or name in self.connections
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs from its configuration files."""
 
@@ -140,6 +158,7 @@ class Config:
     sources: tuple[Path, ...]  # files read: ogsd.toml first, then each profile
     warnings: tuple[str, ...]
     metrics: MetricsConfig = MetricsConfig()
+    networkmanager: NetworkManagerConfig = NetworkManagerConfig()
 
 
 # What a running daemon cannot change on reload: the socket exists, with its group; the
@@ -151,7 +170,8 @@ _KEYS = {"period": "period_minutes", "debounce": "debounce_s", "idle_timeout": "
          "suspend_time": "suspend_time_hours", "cache_lifetime": "cache_lifetime_days",
          "round_deadline": "round_deadline_s", "probe_timeout": "probe_timeout_s",
          "proxy_mode": "proxy", "resume_network_wait": "resume_network_wait_s",
-         "portal_retry": "portal_retry_s", "textfile_interval": "textfile_interval_s"}
+         "portal_retry": "portal_retry_s", "textfile_interval": "textfile_interval_s",
+         "all_connections": "connections"}
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -160,12 +180,13 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     changed = ["gateways"] if old.gateways != new.gateways else []
     for table, before, after in (("ogs", old.settings, new.settings),
                                  ("daemon", old.daemon, new.daemon),
-                                 ("metrics", old.metrics, new.metrics)):
+                                 ("metrics", old.metrics, new.metrics),
+                                 ("networkmanager", old.networkmanager, new.networkmanager)):
         changed += [f"[{table}] {_KEYS.get(f.name, f.name)}" for f in dataclasses.fields(before)
                     if f.compare and getattr(before, f.name) != getattr(after, f.name)]
     if old.resolv_conf != new.resolv_conf:
         changed.append("[dns] resolv_conf")
-    return changed
+    return list(dict.fromkeys(changed))  # two fields may stand for one key
 
 
 def _show(value: Any) -> str:
@@ -511,6 +532,18 @@ def _metrics(table: _Table, base: Path, warnings: list[str]) -> MetricsConfig:
         seconds=table.number("textfile_interval_s", 60.0, 1.0, MAX_TEXTFILE_INTERVAL_S)))
 
 
+def _networkmanager(table: _Table) -> NetworkManagerConfig:
+    value = table.data.get("connections", [])
+    everything = value == "all"
+    if not everything:
+        names = table.items("connections", str, 'connection names, or "all"')
+        if any(not name.strip() for name in names):
+            raise table.error("connections", value, "names must not be empty")
+    return NetworkManagerConfig(
+        connections=() if everything else tuple(names), all_connections=everything,
+        update_gateway=table.boolean("update_gateway", True))
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """`127.0.0.1:9478`, `[::1]:9478` or `localhost:9478` -> (IP literal, port)."""
     host, sep, port = text.strip().rpartition(":")
@@ -537,8 +570,8 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
     source, data = _read_toml(config_path) if config_path else (_Source(None), {})
     base = config_path.parent if config_path else Path()
     root = _Table(source, "", data)
-    ogs, daemon_table, dns, metrics = (_subtable(root, n)
-                                       for n in ("ogs", "daemon", "dns", "metrics"))
+    ogs, daemon_table, dns, metrics, nm = (
+        _subtable(root, n) for n in ("ogs", "daemon", "dns", "metrics", "networkmanager"))
     listed = _gateways(root)
     warnings: list[str] = []
     searched = _profile_paths(root, base, profile_paths)
@@ -571,7 +604,8 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
     if resolv_path is not None and not resolv_path.is_file():
         warnings.append(f"{config_path}: [dns] resolv_conf {resolv_path} is not a file (yet)")
     metrics_config = _metrics(metrics, base, warnings)
-    if not gateways:
+    nm_config = _networkmanager(nm)
+    if not gateways and not nm_config.enabled:
         where = ", ".join(str(p) for p in searched) or "none found"
         raise source.error(None, "no gateways: list [[gateway]] entries or profiles "
                            f"(profiles read: {where})")
@@ -583,5 +617,6 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
         sources=(*([config_path] if config_path else []), *(p.path for p in profiles)),
         warnings=tuple(warnings),
         metrics=metrics_config,
+        networkmanager=nm_config,
     )
 

@@ -237,6 +237,23 @@ def format_cache(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_nm_apply(result: dict[str, Any]) -> list[str]:
+    """One line per NetworkManager connection: where it points now, and whether we moved it."""
+    rows = [c for c in result.get("connections") or [] if isinstance(c, dict)]
+    if not rows:
+        return ["No NetworkManager connection to point: name one, or list them in "
+                "[networkmanager] connections."]
+    lines = []
+    for c in rows:
+        where = _text(c.get("gateway"))
+        if c.get("lasthost"):
+            where += f" ({c['lasthost']})"
+        what = "pointed at" if c.get("changed") else "points at"
+        note = f": {c['note']}" if c.get("note") else ""
+        lines.append(f"{_text(c.get('name'))}: {what} {where}{note}")
+    return lines
+
+
 def format_event(data: dict[str, Any]) -> str:
     """One watch line: when, what, why."""
     return (f"{_text(data.get('decided_at'))}  {_text(data.get('selected'), 'none')}  "
@@ -258,10 +275,12 @@ def _request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "evaluate", evaluate
     if command == "cache":
         return f"cache.{args.action}", {}
+    if command == "nm-apply":
+        return "nm.apply", {"name": args.name} if args.name else {}
     if command == "notify":
         params: dict[str, Any] = {}
         if args.event == "connected":
-            params["host"] = args.host
+            params.update({"host": args.host} if args.host else {"nm_uuid": args.nm_uuid})
         if getattr(args, "device", None):
             params["device"] = args.device
         return f"notify.{args.event}", params
@@ -287,6 +306,8 @@ def _render(args: argparse.Namespace, result: dict[str, Any]) -> tuple[list[str]
         return format_results(result), EXIT_OK
     if command == "cache" and args.action == "list":
         return format_cache(result), EXIT_OK
+    if command == "nm-apply":
+        return format_nm_apply(result), EXIT_OK
     if command == "cache":
         cleared = result.get("cleared")
         return [f"Cleared the OGS cache ({_text(cleared, '?')} entries); "
@@ -365,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     notify = add("notify", "tell ogsd about the VPN connection or the machine")
     notify_sub = notify.add_subparsers(dest="event", required=True, metavar="EVENT")
     connected = notify_sub.add_parser("connected", help="a VPN connection is up")
-    connected.add_argument("host", help="the gateway's host name or the address reached")
+    connected.add_argument("host", nargs="?",
+                           help="the gateway's host name or the address reached")
+    connected.add_argument("--nm-uuid", metavar="UUID",
+                           help="instead of HOST: the NetworkManager connection that came up "
+                                "(ogsd asks NetworkManager which server it went to)")
     disconnected = notify_sub.add_parser("disconnected", help="the VPN connection went down")
     for event_parser in (connected, disconnected):
         event_parser.add_argument("--device", metavar="DEV",
@@ -387,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("openconnect_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                          help="passed to openconnect untouched (e.g. -- -u alice)")
     add("watch", "print each decision as it happens, until Ctrl-C")
+    nm_apply = add("nm-apply", "point NetworkManager's openconnect connections at the "
+                               "optimal server now")
+    nm_apply.add_argument("name", nargs="?", help="only this connection (name or UUID; "
+                                                  "default: those in [networkmanager])")
     diag = add("diag", "write a support bundle (tar.gz): decisions, cache, configuration, "
                        "network state, logs; secrets redacted")
     diag.add_argument("-o", "--output", metavar="FILE",
@@ -397,7 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse, talk to ogsd, print; the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "notify" and args.event == "connected" and not (
+            args.host or args.nm_uuid):
+        parser.error("notify connected: give HOST or --nm-uuid UUID")
     path = args.socket or str(client_socket())
     if args.command == "connect":
         from ogsd import connect  # noqa: PLC0415 (the other commands stay fast)

@@ -41,6 +41,8 @@ from ogsd.metrics import Metrics
 from ogsd.netenv import NetEnvResult, network_environment_test
 from ogsd.netstate import NetState, View
 from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
+from ogsd.nm import NmError
+from ogsd.nmsync import NmSync
 from ogsd.persist import RETRY_S, Persister
 from ogsd.resolved import ResolvedClient
 from ogsd.resume import PendingResume, ResumeWaiter
@@ -129,6 +131,8 @@ class Daemon:
         self._looking = anyio.Lock()  # one look at the network at a time (_observe)
         self.persister = Persister(store)  # every write of ours goes through it
         self.rounds = 0  # evaluations finished (tests and status read it)
+        self._configured = config  # as loaded: NetworkManager's servers are added to it
+        self.nm = NmSync(config.networkmanager, options.bus_address)
         self.metrics = Metrics(config.metrics, self._state) if config.metrics.enabled else None
         if self.metrics is not None:
             self.engine.on_round = self.metrics.round_finished
@@ -151,6 +155,8 @@ class Daemon:
                 if self.metrics is not None:  # subscribed before the first decision
                     tg.start_soon(supervise, "metrics",
                                   functools.partial(self.metrics.run, self.feed.subscribe))
+                tg.start_soon(supervise, "networkmanager",
+                              functools.partial(self.nm.follow, self.feed.subscribe))
                 tg.start_soon(self._worker)
                 tg.start_soon(self.resume.run)
                 tg.start_soon(self._signals, tg.cancel_scope)
@@ -175,6 +181,7 @@ class Daemon:
                     await self.persister.save(())
             self._resolved.close()
             self._autoproxy.close()
+            self.nm.close()
             # Jobs queued but not run die with us; their streams must not outlive run().
             self._jobs_send.close()
             self._jobs_recv.close()
@@ -228,6 +235,8 @@ class Daemon:
             try:
                 # A fresh look: the routes decide how probes must travel (VPN or not).
                 view, _ = await self._observe()
+                if self.nm.config.enabled:  # re-read: a login may have brought a new profile
+                    self._use(await self.nm.with_gateways(self._configured))
                 if self.location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
                 state = await self._state()
@@ -252,6 +261,11 @@ class Daemon:
             # After publishing: a refusing disk costs memory across restarts, never the
             # answer clients get now.
             await self.persister.save(writes, RETRY_S)
+
+    def _use(self, config: Config) -> None:
+        if config.gateways != self.config.gateways:
+            log.info("gateways", gateways=[g.host for g in config.gateways])
+        self.config = self.engine.config = config
 
     def _published(self, decision: Decision, trigger: Trigger) -> None:
         self.decision, self.trigger = decision, trigger
@@ -604,9 +618,19 @@ class Daemon:
             decisions=[api.decision_json(d) for d in decisions],
             cache=[api.cache_entry_json(e) for e in entries], log_events=logs.recent(),
             extra={"rounds": self.rounds, "metrics": None if metrics is None else {
-                "address": metrics.address, "textfile": metrics.config.textfile}})
+                "address": metrics.address, "textfile": metrics.config.textfile},
+                   "networkmanager": self.nm.report() if self.nm.config.enabled else None})
 
-    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
+    async def notify_connected(self, *, host: str | None = None, device: str | None = None,
+                               nm_uuid: str | None = None) -> Json:
+        if nm_uuid is not None:  # NetworkManager's dispatcher: the server its dialog chose
+            try:
+                host = await self.nm.connected_host(nm_uuid)
+            except NmError as exc:
+                raise api.ApiError(api.BAD_PARAMS, f"notify.connected: {exc}") from None
+        if host is None:
+            raise api.ApiError(api.BAD_PARAMS, "notify.connected: missing param 'host' "
+                                               "(or 'nm_uuid')")
         # Client hooks may only know the address (openconnect's $VPNGATEWAY), users type
         # the URL form: name it after the gateway it was probed as, so thresholds compare
         # the right figures.
@@ -629,6 +653,13 @@ class Daemon:
         if state.connected is not None:
             await self._set_disconnected(state)
         return {"message": "disconnected"}
+
+    async def nm_apply(self, *, name: str | None = None) -> Json:
+        try:
+            done = await self.nm.apply(self._decision_json(), name)
+        except NmError as exc:
+            raise api.ApiError(api.INTERNAL, f"nm.apply: {exc}") from None
+        return {"connections": done}
 
     async def notify_sleep(self) -> Json:
         await self._going_to_sleep()
@@ -657,8 +688,11 @@ class Daemon:
             self.notifier.ready(status=self._status_line())
             raise api.ApiError(api.BAD_PARAMS, f"reload failed, old configuration kept: "
                                                f"{exc}") from None
-        old, self.config = self.config, config
-        self.engine.config = config
+        old, self.config = self._configured, config
+        self._configured = self.engine.config = config
+        self.nm.config = config.networkmanager
+        if self.nm.config.enabled:
+            self._use(await self.nm.with_gateways(config))
         self.resume.max_wait = config.daemon.resume_network_wait.total_seconds()
         self.net.sources = dataclasses.replace(self.net.sources, resolv_conf=config.resolv_conf)
         changed = changed_keys(old, config)

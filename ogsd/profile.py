@@ -245,9 +245,16 @@ def parse_profile(path: Path) -> Profile:
             data = f.read(MAX_PROFILE_BYTES + 1)
     except OSError as e:
         raise reader.error(None, "file", f"cannot read: {e.strerror or e}") from None
+    return parse_profile_data(path, data)
+
+
+def parse_profile_data(origin: Path, data: bytes) -> Profile:
+    """Parse a profile held in memory; `origin` names it in messages (a file, or e.g. a
+    NetworkManager connection's xmlconfig)."""
+    reader = _Reader(origin)
     if len(data) > MAX_PROFILE_BYTES:
         raise reader.error(None, "file", f"larger than {MAX_PROFILE_BYTES} bytes")
-    return reader.profile(_parse_xml(path, data))
+    return reader.profile(_parse_xml(origin, data))
 
 
 class _Refused(Exception):

@@ -151,12 +151,18 @@ class CannedHandler:
         self._record("diag")
         return {"decisions": [decision_json(self.decision)], "status": {}}
 
-    async def notify_connected(self, *, host: str, device: str | None = None) -> Json:
-        self._record("notify_connected", host=host, **({"device": device} if device else {}))
+    async def notify_connected(self, *, host: str | None = None, device: str | None = None,
+                               nm_uuid: str | None = None) -> Json:
+        self._record("notify_connected", host=host, **({"device": device} if device else {}),
+                     **({"nm_uuid": nm_uuid} if nm_uuid else {}))
         if self.decision is None or host not in self.decision.order:
             raise ApiError(BAD_PARAMS, f"notify.connected: unknown gateway '{host}'")
         self.connected = host
         return {"message": f"connected to {host}"}
+
+    async def nm_apply(self, *, name: str | None = None) -> Json:
+        self._record("nm_apply", connection=name)
+        return {"connections": []}
 
     async def notify_disconnected(self, *, device: str | None = None) -> Json:
         self._record("notify_disconnected", **({"device": device} if device else {}))
@@ -462,6 +468,10 @@ async def test_bad_requests_get_errors_and_nobody_is_disturbed(tmp_path: Path) -
         (b'{"method": "evaluate", "params": {"now": true}}', BAD_PARAMS,
          "evaluate: unknown param(s): now"),
         (b'{"method": "notify.connected"}', BAD_PARAMS, "missing param 'host'"),
+        (b'{"method": "notify.connected", "params": {"nm_uuid": "x"}}', BAD_PARAMS,
+         "param 'nm_uuid' must be a UUID"),
+        (b'{"method": "nm.apply", "params": {"name": ""}}', BAD_PARAMS,
+         "param 'name' must be a connection name"),
         (b'{"method": "notify.connected", "params": {"host": 5}}', BAD_PARAMS,
          "param 'host' must be a string, got an integer"),
         (b'{"method": "notify.connected", "params": {"host": "a b"}}', BAD_PARAMS,

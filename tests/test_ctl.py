@@ -19,6 +19,7 @@ import pytest
 from ogsd import ctl
 from ogsd.api import ApiServer, decision_json
 from ogsd.core.models import Reason, Source
+from ogsd.ctl import format_nm_apply
 from tests.test_api import NOBODY, T0, CannedHandler, canned_decision, run_as
 
 
@@ -300,3 +301,35 @@ def test_results_table_is_fastest_first_even_when_the_order_keeps_the_current() 
                   ("b", 12.0, None), ("a", 9.0, None))]}
     rows = [line.split()[0] for line in ctl.format_results(result)[2:6]]
     assert rows == ["a", "b", "c", "d"]
+
+
+NM_UUID = "6f2b0d5e-2f7a-4a4e-9b8e-222222222222"
+
+
+# --- NetworkManager ----------------------------------------------------------------
+
+
+def test_ogsctl_nm_apply_and_notify_by_uuid(daemon: Daemon) -> None:
+    done = ogsctl(daemon.path, "nm-apply")
+    assert (done.returncode, done.stdout) == (0, (
+        "No NetworkManager connection to point: name one, or list them in "
+        "[networkmanager] connections.\n"))
+    ogsctl(daemon.path, "nm-apply", "Work VPN")
+    ogsctl(daemon.path, "notify", "connected", "--nm-uuid", NM_UUID, "--device", "vpn0")
+    assert daemon.handler.calls[-3:] == [
+        ("nm_apply", {"connection": None}), ("nm_apply", {"connection": "Work VPN"}),
+        ("notify_connected", {"host": None, "device": "vpn0", "nm_uuid": NM_UUID})]
+    neither = ogsctl(daemon.path, "notify", "connected")
+    assert neither.returncode == 2
+    assert neither.stderr.endswith("ogsctl: error: notify connected: give HOST or --nm-uuid "
+                                   "UUID\n")
+
+
+def test_nm_apply_lines() -> None:
+    assert format_nm_apply({"connections": [
+        {"name": "Work VPN", "gateway": "vpn-osa.example.com", "lasthost": "Osaka",
+         "changed": True},
+        {"name": "Lab", "gateway": "vpn.example.com", "lasthost": None, "changed": False,
+         "note": "active: left as it is until it disconnects"}]}) == [
+        "Work VPN: pointed at vpn-osa.example.com (Osaka)",
+        "Lab: points at vpn.example.com: active: left as it is until it disconnects"]
