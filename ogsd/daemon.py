@@ -619,7 +619,7 @@ class Daemon:
             cache=[api.cache_entry_json(e) for e in entries], log_events=logs.recent(),
             extra={"rounds": self.rounds, "metrics": None if metrics is None else {
                 "address": metrics.address, "textfile": metrics.config.textfile},
-                   "networkmanager": self.nm.report() if self.nm.config.enabled else None})
+                   "networkmanager": await self.nm.report() if self.nm.config.enabled else None})
 
     async def notify_connected(self, *, host: str | None = None, device: str | None = None,
                                nm_uuid: str | None = None) -> Json:

@@ -143,11 +143,17 @@ class NmSync:
                 return host
         raise NmError(f"{uuid} is not an openconnect connection in NetworkManager")
 
-    def report(self) -> Json:
-        """What `ogsctl diag` shows of NetworkManager."""
-        return {"config": dataclasses.asdict(self.config),
-                "connections": [{"name": c.name, "uuid": c.uuid, "gateway": c.gateway,
-                                 "lasthost": c.lasthost, "problem": c.problem,
-                                 "servers": [[e.name, e.address] for e in c.entries]}
-                                for c in self.connections],
-                "last_apply": self.applied}
+    async def report(self) -> Json:
+        """What `ogsctl diag` shows of NetworkManager: our connections as they are now."""
+        out: Json = {"config": dataclasses.asdict(self.config), "last_apply": self.applied}
+        try:
+            connections = [c for c in await self.nm.openconnect_connections()
+                           if self.config.wants(c.name)]
+        except NmError as exc:
+            out["error"] = str(exc)
+            connections = self.connections
+        out["connections"] = [{"name": c.name, "uuid": c.uuid, "gateway": c.gateway,
+                               "lasthost": c.lasthost, "problem": c.problem,
+                               "servers": [[e.name, e.address] for e in c.entries]}
+                              for c in connections]
+        return out
