@@ -612,14 +612,16 @@ class Daemon:
     async def diag(self) -> Json:
         decisions = await anyio.to_thread.run_sync(self.store.decisions, diag.DECISIONS)
         entries = await anyio.to_thread.run_sync(self.store.list_entries)
-        metrics = self.metrics
+        m = self.metrics
+        extra = {"rounds": self.rounds,
+                 "metrics": None if m is None else {"address": m.address,
+                                                    "textfile": m.config.textfile},
+                 "networkmanager": await self.nm.report() if self.nm.config.enabled else None}
         return diag.daemon_report(
             self.config, status=await self.status(), state=state_to_dict(await self._state()),
             decisions=[api.decision_json(d) for d in decisions],
             cache=[api.cache_entry_json(e) for e in entries], log_events=logs.recent(),
-            extra={"rounds": self.rounds, "metrics": None if metrics is None else {
-                "address": metrics.address, "textfile": metrics.config.textfile},
-                   "networkmanager": await self.nm.report() if self.nm.config.enabled else None})
+            extra=extra)
 
     async def notify_connected(self, *, host: str | None = None, device: str | None = None,
                                nm_uuid: str | None = None) -> Json:

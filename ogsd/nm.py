@@ -164,6 +164,9 @@ class NetworkManager:
         except (OSError, EOFError, ValueError) as exc:
             self.close()
             raise NmError(f"cannot reach the system bus: {exc}") from None
+        except Exception as exc:  # dbus-fast raises plain Exception for a broken connection
+            self.close()
+            raise NmError(f"{member} failed: {exc!r}") from None
         assert reply is not None
         if reply.message_type is MessageType.ERROR:
             text = str(reply.body[0]) if reply.body else ""

@@ -60,6 +60,9 @@ class NmSync:
                      if self.config.wants(c.name)]
         except NmError as exc:
             self._once("", f"NetworkManager's connections not read: {exc}")
+        except Exception as exc:  # odd data from NetworkManager must not stop a round
+            log.exception("NetworkManager's connections not understood")
+            self._once("", f"NetworkManager's connections not read: {exc!r}")
         else:
             # Secrets NetworkManager did not give this time (see ogsd.nm.SECRETS_TRIES)
             # do not make a connection's servers vanish for a round.

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
+from ogsd.config import load_config
 from ogsd.nm import NetworkManager, NmError
+from ogsd.nmsync import NmSync
 from tests.daemon_helpers import short_dir
 from tests.nm_helpers import NetworkManagerNs, Profile, keyfile, new_uuid
 
@@ -23,11 +26,11 @@ pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
 PROFILES = [Profile("Tokyo", "vpn-tyo.example.com"), Profile("Osaka", "vpn-osa.example.com"),
             Profile("Nagoya", "vpn-ngo.example.com")]
-WORK, BARE, BROKEN = new_uuid(), new_uuid(), new_uuid()
+WORK, BARE, BROKEN, OTHER = new_uuid(), new_uuid(), new_uuid(), new_uuid()
 # Another plugin's VPN: none of ogsd's business (NetworkManager loads it all the same).
 VPNC = f"""[connection]
 id=Other VPN
-uuid={new_uuid()}
+uuid={OTHER}
 type=vpn
 
 [vpn]
@@ -150,3 +153,26 @@ async def test_no_networkmanager_is_one_clear_error(tmp_path: Path) -> None:
     client = NetworkManager(f"unix:path={tmp_path}/no-bus")
     with pytest.raises(NmError, match=r"^cannot reach the system bus: "):
         await client.openconnect_connections()
+
+
+async def test_sync_adds_the_servers_and_maps_a_uuid_to_the_server(
+        nm: NetworkManagerNs, tmp_path: Path) -> None:
+    path = tmp_path / "ogsd.toml"
+    path.write_text('[[gateway]]\nhost = "vpn-tyo.example.com"\n'
+                    '[networkmanager]\nconnections = ["Work VPN", "Gone VPN"]\n')
+    sync = NmSync(load_config(path).networkmanager, nm.bus_address)
+    try:
+        with capture_logs() as logs:
+            config = await sync.with_gateways(load_config(path))
+            await sync.with_gateways(load_config(path))  # problems are logged once
+        # The configured gateway first, once; then the connection's other servers.
+        assert [g.host for g in config.gateways] == [p.address for p in PROFILES]
+        assert [e["event"] for e in logs] == [
+            "no openconnect connection called 'Gone VPN' in NetworkManager"]
+        assert await sync.connected_host(WORK) == "vpn-tyo.example.com"
+        with pytest.raises(NmError, match="is not an openconnect connection"):
+            await sync.connected_host(OTHER)
+        report = await sync.report()
+        assert [c["name"] for c in report["connections"]] == ["Work VPN"]
+    finally:
+        sync.close()
