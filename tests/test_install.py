@@ -113,6 +113,9 @@ def test_commands_do_their_work_without_extras(plain: tuple[Venv, str], tmp_path
     absent = venv.run("ogsctl", "--socket", str(tmp_path / "none.sock"), "status")
     assert absent.returncode == 3
     assert absent.stderr == f"ogsctl: ogsd is not running (no socket at {tmp_path}/none.sock)\n"
+    bundle = venv.run("ogsctl", "--socket", str(tmp_path / "none.sock"), "diag", "-o",
+                      str(tmp_path / "diag.tar.gz"))
+    assert (bundle.returncode, (tmp_path / "diag.tar.gz").exists()) == (0, True), bundle.stderr
     # `ogsd run` imports the daemon (D-Bus, netlink, the socket API) before reading input.
     run = venv.run("ogsd", "run", "--profile", "/nonexistent/p.xml", "--state-dir", str(state),
                    "--socket", str(tmp_path / "s.sock"))
