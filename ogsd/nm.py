@@ -127,11 +127,10 @@ def entries_from_xmlconfig(encoded: str, origin: str) -> tuple[Entry, ...]:
     return tuple(Entry(g.name, entry_address(g), g) for g in profile.gateways if g.name)
 
 
-def choose(connection: Connection, order: list[str]) -> Entry | Gateway | None:
-    """The first host of a decision's failover order this connection can connect to."""
-    by_host: dict[str, Entry | Gateway] = {e.gateway.host: e for e in connection.entries}
-    if not by_host:
-        by_host = {g.host: g for g in connection.gateways}
+def choose(connection: Connection, order: list[str]) -> Entry | None:
+    """The first host of a decision's failover order among the connection's listed
+    servers (backups are not listed by the auth dialog, so never chosen here)."""
+    by_host = {e.gateway.host: e for e in connection.entries}
     return next((by_host[host] for host in order if host in by_host), None)
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from ogsd.config import Config, NetworkManagerConfig
 from ogsd.core.models import Gateway
-from ogsd.nm import Connection, Entry, NetworkManager, NmError, choose, entry_address
+from ogsd.nm import Connection, NetworkManager, NmError, choose
 
 log = structlog.get_logger("ogsd.nm")
 
@@ -118,11 +118,13 @@ class NmSync:
                      "gateway": connection.gateway, "lasthost": connection.lasthost,
                      "changed": False}
         target = choose(connection, order)
+        if not connection.entries:  # its gateway is its only server: nothing to choose
+            out["note"] = "no server list (xmlconfig) yet: it has one server"
+            return out
         if target is None:
             out["note"] = "none of its servers is in the failover order"
             return out
-        gateway, lasthost = ((target.address, target.name) if isinstance(target, Entry)
-                             else (entry_address(target), connection.lasthost))
+        gateway, lasthost = target.address, target.name
         if connection.uuid in active:
             out["note"] = "active: left as it is until it disconnects"
         elif (gateway, lasthost) == (connection.gateway, connection.lasthost):
