@@ -320,13 +320,19 @@ def decisions_text(decisions: Iterable[Json]) -> str:
 
 
 def capture_filter(report: Json | None) -> tuple[str, str]:
-    """(device, tcpdump filter) for the probes of the latest decision's gateways."""
+    """(device, tcpdump filter) for the probes of the latest decision's gateways: their
+    addresses (else their names), on 443, 80 and any other configured port."""
     decisions = (report or {}).get("decisions") or []
-    addresses = sorted({str(r["address"]) for d in decisions[:1] for r in d.get("results") or []
-                        if r.get("address")})
+    results = [r for d in decisions[:1] for r in d.get("results") or []]
+    hosts = sorted({str(r["address"]) for r in results if r.get("address")}) or sorted(
+        {str(r["host"]) for r in results if r.get("host")})
+    gateways = ((report or {}).get("config") or {}).get("gateways") or []
+    ports = sorted({443, 80, *(int(g["port"]) for g in gateways
+                               if isinstance(g, dict) and isinstance(g.get("port"), int))})
     uplink = ((report or {}).get("status") or {}).get("uplink") or {}
-    hosts = " or ".join(f"host {a}" for a in addresses) or "host GATEWAY-ADDRESS"
-    return str(uplink.get("device") or "any"), f"tcp and (port 443 or port 80) and ({hosts})"
+    host_part = " or ".join(f"host {h}" for h in hosts) or "host GATEWAY-ADDRESS"
+    port_part = " or ".join(f"port {p}" for p in ports)
+    return str(uplink.get("device") or "any"), f"tcp and ({port_part}) and ({host_part})"
 
 
 def readme(report: Json | None) -> str:

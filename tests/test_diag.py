@@ -42,6 +42,12 @@ PROFILE = f"""<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+def daemon_port(files: dict[str, bytes]) -> int:
+    """SLOW's port, as the daemon's effective configuration has it."""
+    config = json.loads(files["daemon/config.json"])
+    return int(next(g["port"] for g in config["gateways"] if g["host"] == SLOW))
+
+
 def members(data: bytes) -> dict[str, bytes]:
     """Archive member name (without the top directory) -> content."""
     out = {}
@@ -65,7 +71,7 @@ def daemon(shared_dir: Path) -> Iterator[DaemonProcess]:
         f'[dns]\nresolv_conf = "{resolv}"\n[ogs]\nmetric = "exchange"\nround_deadline_s = 3\n'
         'probe_timeout_s = 2\n[daemon]\ncontinuous = false\nsocket_group = "nogroup"\n')
     with LoopbackServer(host=FAST, port=443) as fast, \
-            LoopbackServer(host=SLOW, port=443, delay=0.05) as slow:
+            LoopbackServer(host=SLOW, delay=0.05) as slow:
         config.write_text(config.read_text()
                           + f'[[gateway]]\nhost = "{SLOW}"\nport = {slow.port}\n')
         assert fast.port == 443
@@ -127,7 +133,8 @@ def test_bundle_made_without_root_says_what_it_left_out(
 
     # The README's capture filter names the gateways' addresses and the uplink.
     readme = files["README.txt"].decode()
-    assert f"(host {FAST} or host {SLOW})" in readme
+    assert f"'tcp and (port 80 or port 443 or port {daemon_port(files)}) and (host {FAST} or " \
+        f"host {SLOW})'" in readme
     config = json.loads(files["daemon/config.json"])
     assert config["settings"]["metric"] == "exchange"
     assert [g["host"] for g in config["gateways"]] == [SLOW, FAST]
