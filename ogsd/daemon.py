@@ -610,10 +610,15 @@ class Daemon:
         return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
 
     async def diag(self) -> Json:
-        decisions = await anyio.to_thread.run_sync(self.store.decisions, diag.DECISIONS)
-        entries = await anyio.to_thread.run_sync(self.store.list_entries)
+        decisions, entries, store_error = [], [], None
+        try:
+            decisions = await _stored(functools.partial(self.store.decisions, diag.DECISIONS))
+            entries = await _stored(self.store.list_entries)
+        except api.ApiError as exc:  # a failing disk is just what a bundle is wanted for
+            store_error = exc.message
         m = self.metrics
-        extra = {"rounds": self.rounds,
+        extra = {"rounds": self.rounds, "published": self._decision_json(),
+                 "store_error": store_error,
                  "metrics": None if m is None else {"address": m.address,
                                                     "textfile": m.config.textfile},
                  "networkmanager": await self.nm.report() if self.nm.config.enabled else None}

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import glob
 import io
+import itertools
 import json
 import os
 import platform
@@ -209,7 +210,13 @@ def _system(now: datetime) -> str:
 def _daemon_files(bundle: Bundle, report: Json) -> None:
     bundle.add("daemon/diag.json", json.dumps(report, indent=2) + "\n",
                "all the daemon sent (redacted), the source of the files below")
-    bundle.add("daemon/decisions.txt", decisions_text(report.get("decisions") or []),
+    decisions = report.get("decisions") or []
+    if report.get("store_error"):
+        bundle.skip("the stored decisions and the cache", "the daemon could not read its "
+                    f"database: {report['store_error']}; decisions.txt has the one published")
+        published = report.get("published") or {}
+        decisions = [published] if published.get("decided_at") else []
+    bundle.add("daemon/decisions.txt", decisions_text(decisions),
                f"the last {DECISIONS} decisions, every probe figure and timestamp")
     bundle.add("daemon/status.json", json.dumps(report.get("status"), indent=2) + "\n",
                "ogsctl status --json, with the tunnel and uplink")
@@ -303,9 +310,10 @@ def decisions_text(decisions: Iterable[Json]) -> str:
             out.append(f"   {r.get('host')} at {r.get('address') or '?'}: figure "
                        f"{_ms(r.get('rtt_ms'))} ({d.get('metric')})"
                        + (f"; {r['error']}" if r.get("error") else ""))
-            columns = zip(r.get("started_at") or [], r.get("network_rtt_ms") or [],
-                          r.get("tcp_info_rtt_ms") or [], r.get("exchange_ms") or [],
-                          r.get("probe_errors") or [], strict=False)
+            columns = itertools.zip_longest(
+                r.get("started_at") or [], r.get("network_rtt_ms") or [],
+                r.get("tcp_info_rtt_ms") or [], r.get("exchange_ms") or [],
+                r.get("probe_errors") or [])
             for i, (started, net, info, exchange, error) in enumerate(columns, 1):
                 out.append(f"     probe {i}: SYN at {_epoch(started)}  network {_ms(net)}  "
                            f"tcp_info {_ms(info)}  exchange {_ms(exchange)}"

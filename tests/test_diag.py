@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ogsd import ctl
-from ogsd.diag import Bundle, _journal, decisions_text
+from ogsd.diag import Bundle, _journal, collect, decisions_text
 from ogsd.redact import REDACTED, redact_json, redact_text, redact_urls, redact_xml
 from tests.daemon_helpers import START_WAIT, DaemonProcess, NotifySocket, write_resolv
 from tests.test_api import NOBODY, run_as
@@ -161,6 +161,21 @@ def test_bundle_on_stdout(tmp_path: Path) -> None:
                           capture_output=True, check=True, timeout=30)
     assert "README.txt" in members(done.stdout)
     assert done.stderr.decode().startswith("wrote standard output: ")
+
+
+def test_a_failing_database_still_gives_the_published_decision() -> None:
+    published = {"decided_at": "2026-11-26T09:00:00+00:00", "source": "probes",
+                 "selected": FAST, "results": [{"host": FAST, "address": FAST,
+                                                "started_at": [1795683600.5],
+                                                "network_rtt_ms": [2.5]}]}
+    bundle = collect({"store_error": "state database: disk I/O error", "decisions": [],
+                      "published": published, "log": {"journal": False, "file": None}}, None)
+    assert ("the stored decisions and the cache", "the daemon could not read its database: "
+            "state database: disk I/O error; decisions.txt has the one published") \
+        in bundle.left_out
+    text = bundle.files["daemon/decisions.txt"].decode()
+    assert "selected=127.0.0.41" in text
+    assert "(1795683600.500000)" in text
 
 
 def test_journal_left_out_with_the_reason_when_unreadable() -> None:
