@@ -187,7 +187,11 @@ class Metrics:
 
     async def refresh(self) -> None:
         """Read what is only known from the daemon's state: the VPN connection."""
-        state = await self._state()
+        try:
+            state = await self._state()
+        except Exception as exc:  # a failing disk must not cost the scrape: last values
+            log.warning("metrics: the VPN connection state not read", error=repr(exc))
+            return
         self.connected.set(1 if state.connected else 0)
         self.connected_to.clear()
         if state.connected:
