@@ -215,10 +215,13 @@ def test_connection_follows_ogsd_and_a_connect_lands_on_its_choice(session: Sess
         names = sorted(n.partition("/")[2] for n in tar.getnames())
         nm_view = json.load(tar.extractfile(  # type: ignore[arg-type]
             next(n for n in tar.getnames() if n.endswith("networkmanager/ogsd.json"))))
-        manifest = tar.extractfile(  # type: ignore[union-attr]
-            next(n for n in tar.getnames() if n.endswith("MANIFEST.txt"))).read().decode()
+        manifest, decisions = (tar.extractfile(  # type: ignore[union-attr]
+            next(n for n in tar.getnames() if n.endswith(name))).read().decode()
+            for name in ("MANIFEST.txt", "daemon/decisions.txt"))
     s.note(f"$ tar tzf {bundle.name}", "\n".join(names))
     s.note("$ tar xzf diag.tar.gz --to-stdout '*/MANIFEST.txt'", manifest)
+    s.note("$ tar xzf diag.tar.gz --to-stdout '*/daemon/decisions.txt' | head -12",
+           "\n".join(decisions.splitlines()[:12]))
     assert {"daemon/decisions.txt", "networkmanager/connections.txt",
             "networkmanager/ogsd.json", "MANIFEST.txt", "README.txt"} <= set(names)
     (seen,) = nm_view["connections"]
