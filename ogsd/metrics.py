@@ -55,6 +55,7 @@ TEXTFILE_MODE = 0o644
 
 # Probe errors (ogsd.probe) by the reason a fleet dashboard groups them under.
 _FAILURE_REASONS = (
+    ("proxy ", "proxy"),  # first: "proxy P: connection refused" is the proxy's failure
     ("timeout after", "timeout"),
     ("deadline", "deadline"),
     ("connection refused", "refused"),

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from ogsd import ctl
-from ogsd.diag import Bundle, _journal, collect, decisions_text
+from ogsd.config import load_config
+from ogsd.diag import Bundle, _journal, collect, daemon_report, decisions_text
 from ogsd.redact import REDACTED, redact_json, redact_text, redact_urls, redact_xml
 from tests.daemon_helpers import START_WAIT, DaemonProcess, NotifySocket, write_resolv
 from tests.test_api import NOBODY, run_as
@@ -234,3 +235,16 @@ def test_json_keeps_location_keys_and_flags() -> None:
 
 def test_decisions_text_without_decisions() -> None:
     assert decisions_text([]) == "No decision stored.\n"
+
+
+def test_proxy_credentials_never_reach_the_report(tmp_path: Path) -> None:
+    config_path = tmp_path / "ogsd.toml"
+    config_path.write_text('[ogs]\nproxy = "static"\n'
+                           'proxy_url = "http://bob:ProxyUrlPw7@proxy.example.com:3128"\n'
+                           '[[gateway]]\nhost = "vpn.example.com"\n')
+    config = load_config(config_path)
+    report = daemon_report(config, status={}, state={}, decisions=[], cache=[], log_events=[],
+                           extra={})
+    text = json.dumps(report)
+    assert "ProxyUrlPw7" not in text
+    assert "proxy.example.com" in text  # the proxy itself is worth knowing

@@ -245,6 +245,9 @@ def test_settings_read_and_off_by_default(tmp_path: Path) -> None:
     ("not an HTTP response: 'SSH-2.0'", "http"),
     ("Network is unreachable (connecting)", "unreachable"),
     ("No route to host (connecting)", "unreachable"),
+    ("proxy proxy.example.com:3128 requires authentication (407 Proxy Auth Required)",
+     "proxy"),
+    ("proxy proxy.example.com:3128: connection refused", "proxy"),
     ("something new", "other"),
 ])
 def test_failure_reasons(error: str, reason: str) -> None:
