@@ -24,7 +24,6 @@ import base64
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.dbus_fixtures import stop_process
 
 NM_START_TIMEOUT_S = 30.0  # NetworkManager's start-up on a loaded 2-core machine: ~1 s
 COMMAND_TIMEOUT_S = 30.0
@@ -288,20 +289,11 @@ class NetworkManagerNs:
     def stop(self) -> None:
         """Stop everything, NetworkManager first (it takes its VPN down with it)."""
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        if self.holder is not None and self.holder.poll() is None:
-            self.holder.kill()
-            self.holder.wait()
-        for proc in [*self._procs, *([self.holder] if self.holder else [])]:
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            stop_process(proc, STOP_TIMEOUT_S)
+        if self.holder is not None:
+            stop_process(self.holder, STOP_TIMEOUT_S)
+            if self.holder.stderr is not None:
+                self.holder.stderr.close()
         for fd in (self._events_fd, self._events_keep):
             if fd >= 0:
                 os.close(fd)
