@@ -647,6 +647,7 @@ class Daemon:
         host = self._gateways_by_address().get(host, host)
         await self._set_connected(host, device=device, address=address, by="client")
         log.info("VPN connected", host=host, device=device, address=address)
+        await self._observe()  # status says at once where the location now comes from
         return {"message": f"connected to {host}" + (f" on {device}" if device else "")}
 
     async def notify_disconnected(self, *, device: str | None = None) -> Json:
@@ -659,6 +660,7 @@ class Daemon:
                                f"({state.connected_device}); nothing changed"}
         if state.connected is not None:
             await self._set_disconnected(state)
+            await self._observe()
         return {"message": "disconnected"}
 
     async def nm_apply(self, *, name: str | None = None) -> Json:

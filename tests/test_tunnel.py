@@ -104,6 +104,8 @@ async def test_vpn_up_keeps_the_physical_location_and_measures_the_physical_path
             said = await daemon.call("notify.connected",
                                      {"host": VPN_GATEWAY, "device": lap.tun})
             assert said["message"] == f"connected to {VPN} on {lap.tun}"
+            status = await daemon.call("status")  # before vpnc-script has run
+            assert status["location_source"] == "recorded when the VPN came up"
             lap.full_tunnel(keep_physical=True)
             daemon.resolv.write_text(VPN_DNS)
             after = await decisions.next()
@@ -114,6 +116,11 @@ async def test_vpn_up_keeps_the_physical_location_and_measures_the_physical_path
         assert (status["connected"], status["connected_device"]) == (VPN, lap.tun)
         assert status["location_source"] == "recorded when the VPN came up"
         assert status["uplink"]["device"] == "d0"
+        # Another tunnel going down (a second VPN client) is not our disconnection.
+        foreign = await daemon.call("notify.disconnected", {"device": "tun-other"})
+        assert foreign["message"] == (f"tun-other is not the connected tunnel ({lap.tun}); "
+                                      "nothing changed")
+        assert (await daemon.call("status"))["connected"] == VPN
 
         # A forced round measures every gateway by the LAN, names resolved by the LAN's
         # DNS: routed the ordinary way, all of it would vanish into the tunnel.
