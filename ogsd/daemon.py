@@ -481,7 +481,7 @@ class Daemon:
                     try:
                         await self._going_to_sleep()
                     finally:  # never hold the machine awake, even if saving failed
-                        watcher.ready_for_sleep()
+                        watcher.ready_for_sleep(event.sleep_id)
                 else:
                     await self._resumed(event.slept)
 

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Literal
@@ -95,6 +95,9 @@ class SleepEvent:
     source: SleepSource
     at: datetime  # when it happened; a clock-detected sleep's start is an estimate
     slept: timedelta | None = None  # on resume, time spent suspended when known
+    # Which sleep a "sleep" event is: `ready_for_sleep(sleep_id)` releases the lock for
+    # that one only (bookkeeping for an earlier sleep must not let the next one go).
+    sleep_id: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,7 @@ class SleepWatcher:
         self._mode: Mode | None = None
         self._fd: int | None = None  # logind's inhibitor: sleep waits while it is open
         self._ready: anyio.Event | None = None  # set while a sleep waits for the daemon
+        self._sleep_id = 0  # the latest PrepareForSleep(true)
         self._sleep_sample: ClockSample | None = None  # taken at PrepareForSleep(true)
         self._last: ClockSample | None = None  # clock mode's previous sample
         self._refused = False  # logind said no to the lock in this session
@@ -175,10 +179,15 @@ class SleepWatcher:
         """How suspends are detected right now; None when not running."""
         return self._mode
 
-    def ready_for_sleep(self) -> None:
-        """The daemon has saved its state: release the lock so the machine can sleep."""
+    def ready_for_sleep(self, sleep_id: int | None = None) -> None:
+        """The daemon has saved its state for sleep `sleep_id` (None: the pending one):
+        release the lock so the machine can sleep."""
         if self._ready is None:
             return  # no sleep pending: keep the lock for the next one
+        if sleep_id is not None and sleep_id != self._sleep_id:
+            log.debug("ready for an earlier sleep; the pending one still waits",
+                      ready_for=sleep_id, pending=self._sleep_id)
+            return
         self._release("daemon ready for sleep")
         self._ready.set()
 
@@ -334,9 +343,11 @@ class SleepWatcher:
             return  # a repeated PrepareForSleep(true): that sleep is already handled
         self._sleep_sample = self._sample()
         ready = self._ready = anyio.Event()
+        self._sleep_id += 1
         tg.start_soon(self._release_unless_ready, ready)
         log.info("system is preparing to sleep", inhibitor_held=self.inhibitor_held)
-        await send.send(SleepEvent("sleep", "logind", at=self._now()))
+        await send.send(SleepEvent("sleep", "logind", at=self._now(),
+                                   sleep_id=self._sleep_id))
 
     async def _release_unless_ready(self, ready: anyio.Event) -> None:
         with anyio.move_on_after(self._release_after):

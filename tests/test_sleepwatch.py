@@ -237,6 +237,26 @@ async def test_aborted_sleep_keeps_the_lock(fake_logind: FakeLogind) -> None:
 
 
 @pytest.mark.anyio
+async def test_ready_for_an_earlier_sleep_does_not_release_the_next(
+        fake_logind: FakeLogind) -> None:
+    """Bookkeeping for sleep 1 finishing after sleep 2 began must not let sleep 2 go."""
+    watcher = SleepWatcher(bus_address=fake_logind.address)
+    async with running(watcher) as (_, events):
+        lock = await fake_logind.next_inhibitor(1)
+        fake_logind.prepare_for_sleep(True)
+        first = await next_event(events)
+        fake_logind.prepare_for_sleep(False)  # that suspend failed
+        assert (await next_event(events)).kind == "resume"
+        fake_logind.prepare_for_sleep(True)
+        second = await next_event(events)
+        assert second.sleep_id == first.sleep_id + 1
+        watcher.ready_for_sleep(first.sleep_id)
+        assert lock.active
+        watcher.ready_for_sleep(second.sleep_id)
+        await wait_set(lock.released)
+
+
+@pytest.mark.anyio
 async def test_refused_lock_still_reports_sleep(dbus_daemon: DBusDaemon) -> None:
     logind = FakeLogind(dbus_daemon.address, refuse_inhibit=True)
     await logind.start()
