@@ -570,6 +570,12 @@ class Daemon:
             return None
         if d.selected == state.connected:
             return None
+        selected = next((g for g in self.config.gateways if g.host == d.selected), None)
+        if selected is not None and state.connected in (*selected.backups,
+                                                        *selected.load_balancing):
+            # On the optimal server's own backup (or cluster member): failover put the
+            # user there because it failed; OGS does not move them back (DESIGN.md §1).
+            return None
         return f"switch to '{d.selected}': {d.reason_text}"
 
     async def selection(self) -> Json:

@@ -357,6 +357,24 @@ async def test_connect_rules_reconnect_within_suspend_time_keeps_the_selection(
 
 
 @pytest.mark.anyio
+async def test_no_recommendation_back_to_a_server_failover_left(setup: Setup) -> None:
+    """On the optimal server's backup (failover left it): no "switch to" it; on another
+    gateway: the recommendation stands."""
+    text = setup.config.read_text().replace(
+        f'host = "{FAST}"\n', f'host = "{FAST}"\nbackups = ["backup.example"]\n', 1)
+    setup.config.write_text(text)
+    options = setup.options(watch_network=False, watch_sleep=False)
+    async with running_daemon(options, setup.config, FakeClock()) as (_daemon, decisions):
+        assert (await decisions.next())["selected"] == FAST
+        async with api_client(setup.socket) as client:
+            await client.result("notify.connected", {"host": "backup.example"})
+            assert (await client.result("status"))["recommendation"] is None
+            await client.result("notify.connected", {"host": SLOW})
+            status = await client.result("status")
+            assert status["recommendation"].startswith(f"switch to '{FAST}'")
+
+
+@pytest.mark.anyio
 async def test_connected_gateway_may_be_named_as_a_url(setup: Setup) -> None:
     """`ogsctl notify connected https://HOST/group` names the probed gateway HOST."""
     options = setup.options(watch_network=False, watch_sleep=False)
