@@ -63,7 +63,9 @@ class ResolvedClient:
             return None
         except Exception as exc:  # dbus-fast raises plain Exception for connection failures
             self.close()
-            log.info("no system bus to ask systemd-resolved", error=repr(exc))
+            if not self._absent_logged:  # once: every look at the network asks again
+                log.info("no system bus to ask systemd-resolved", error=repr(exc))
+                self._absent_logged = True
             return None
         self._absent_logged = False
         return parse_link(props, ifindex)

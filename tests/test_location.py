@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from ogsd.core.models import Location
 from ogsd.core.uplink import Uplink
@@ -119,3 +120,12 @@ async def test_resolved_per_link_dns_wins_over_the_merged_files(
             await fake.stop()
     finally:
         client.close()
+
+
+@pytest.mark.anyio
+async def test_no_bus_is_said_once_not_at_every_look() -> None:
+    client = ResolvedClient("unix:path=/nonexistent/ogsd-test/bus")
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert await client.link_dns(2) is None
+    assert [e["event"] for e in logs] == ["no system bus to ask systemd-resolved"]
