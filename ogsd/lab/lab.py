@@ -390,6 +390,13 @@ class Lab(VpnGateways):
         state = json.loads((self.state_dir / "state.json").read_text())
         return {k: int(v) for k, v in state["pids"].items()}
 
+    def traffic(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per lab address, what crossed the relay since the lab came up: (packets from the
+        client, their bytes, packets to the client, their bytes), IP headers included and
+        dropped packets counted. A difference of two readings is what happened between."""
+        reply = request(str(self.state_dir / "relay.sock"), "traffic")
+        return {address: (c[0], c[1], c[2], c[3]) for address, c in reply["traffic"].items()}
+
     def status(self) -> dict[str, Any]:
         """What is running (ocserv instances included), the relay's counters, and the spec."""
         processes = {}
@@ -444,8 +451,13 @@ class Lab(VpnGateways):
     @staticmethod
     def _write_in_place(path: Path, text: str) -> None:
         # Rewritten in place, not renamed: `ip netns exec` bind-mounts this inode over the
-        # /etc file, so a process already running in the namespace sees the change.
+        # /etc file, so a process already running in the namespace sees the change. Not
+        # rewritten when it already says that: a watcher may read it between the truncation
+        # and the write, and would see two changes where there was none.
         path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return
         with path.open("w") as out:
             out.write(text)
 

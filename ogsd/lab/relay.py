@@ -45,6 +45,7 @@ class Rule:
     jitter: float
     loss: float
     blackhole: bool
+    blackhole_ports: frozenset[int] = frozenset()
 
 
 def rules_for(spec: LabSpec) -> dict[bytes, Rule]:
@@ -56,7 +57,12 @@ def rules_for(spec: LabSpec) -> dict[bytes, Rule]:
     for gw in spec.gateways:
         up, down = gw.delays_ms
         rule = Rule(
-            up / 1000, down / 1000, gw.jitter_ms / 1000, gw.loss, gw.mode == GatewayMode.BLACKHOLE
+            up / 1000,
+            down / 1000,
+            gw.jitter_ms / 1000,
+            gw.loss,
+            gw.mode == GatewayMode.BLACKHOLE,
+            frozenset(gw.blackhole_ports),
         )
         for address in (gw.address, gw.address6):
             if address is not None:
@@ -77,6 +83,9 @@ class Relay:
         self.flows: dict[tuple[Any, ...], float] = {}
         self.stats = {"forwarded": 0, "lost": 0, "blackholed": 0, "write_errors": 0}
         self.max_queue = 0
+        # Per lab address, what the client sent it and what came back (IP packets and
+        # bytes, dropped ones included): what a round costs the network (bench.netcost).
+        self.traffic: dict[bytes, list[int]] = {}
 
     def load(self, spec: LabSpec) -> None:
         """Swap in a new table; packets already queued keep their due time."""
@@ -93,10 +102,15 @@ class Relay:
         else:
             return
         ports = pkt[hdr : hdr + 4] if proto in (PROTO_TCP, PROTO_UDP) else b""
-        rule = self.table.get(dst if from_client else src)
+        lab_address = dst if from_client else src
+        rule = self.table.get(lab_address)
         delay = 0.0
         if rule is not None:
-            if rule.blackhole:
+            counts = self.traffic.setdefault(lab_address, [0, 0, 0, 0])
+            counts[0 if from_client else 2] += 1
+            counts[1 if from_client else 3] += len(pkt)
+            port = ports[2:4] if from_client else ports[0:2]
+            if rule.blackhole or (port and int.from_bytes(port) in rule.blackhole_ports):
                 self.stats["blackholed"] += 1
                 return
             if rule.loss and self.rng.random() < rule.loss:
@@ -149,6 +163,11 @@ class Relay:
         """Counters for `status`."""
         return {**self.stats, "queued": len(self.heap), "max_queue": self.max_queue}
 
+    def traffic_snapshot(self) -> dict[str, Any]:
+        """Per lab address: [packets sent, bytes sent, packets back, bytes back] so far."""
+        by_address = {str(ipaddress.ip_address(a)): c for a, c in self.traffic.items()}
+        return {"traffic": by_address}
+
 
 def serve(relay: Relay, control: socket.socket, spec_path: str) -> None:
     """The main loop: wait for packets, control requests or the next due time."""
@@ -157,7 +176,12 @@ def serve(relay: Relay, control: socket.socket, spec_path: str) -> None:
         relay.load(lab_spec.load(spec_path))
         return {}
 
-    handlers = {"reload": reload, "stats": relay.snapshot, "ping": dict}
+    handlers = {
+        "reload": reload,
+        "stats": relay.snapshot,
+        "traffic": relay.traffic_snapshot,
+        "ping": dict,
+    }
     inputs = [relay.client_fd, relay.server_fd, control.fileno()]
     while True:
         _readable, _, _ = select.select(inputs, [], [], relay.timeout(time.monotonic()))

@@ -36,6 +36,7 @@ RTT_MS_MAX = 5000.0
 # A stall longer than this exceeds any probe timeout we have; it is a blackhole then.
 STALL_MS_MAX = 30_000.0
 METRIC_MAX = 2**32 - 1
+PORT_MAX = 65535
 E = TypeVar("E", bound=StrEnum)
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -87,6 +88,9 @@ class GatewaySpec:
     vpn: bool = False  # ocserv on 443 (TCP+UDP) instead of the lab's TLS server
     tunnel: TunnelMode = TunnelMode.FULL
     vpn_network: str | None = None  # its /24 of VPN_NETWORK; assigned when None
+    # The relay drops every packet to or from these ports of the gateway (either family),
+    # like a firewall that drops: e.g. (80,), and the port-80 check is never answered.
+    blackhole_ports: tuple[int, ...] = ()
 
     @property
     def delays_ms(self) -> tuple[float, float]:
@@ -338,7 +342,16 @@ def _gateway(raw: Any, where: str) -> GatewaySpec:
         vpn=_flag(raw, "vpn", where, False),
         tunnel=_enum(TunnelMode, raw.get("tunnel", "full"), f"{where}.tunnel"),
         vpn_network=_vpn_network(raw.get("vpn_network"), f"{where}.vpn_network"),
+        blackhole_ports=_ports(raw.get("blackhole_ports", ()), f"{where}.blackhole_ports"),
     )
+
+
+def _ports(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or any(
+        isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= PORT_MAX for p in value
+    ):
+        raise SpecError(f"{where}: expected a list of port numbers (1..{PORT_MAX}), got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 def _dns(raw: Any) -> DnsSpec:

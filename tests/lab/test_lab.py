@@ -117,6 +117,25 @@ def test_new_gateway_added_live_serves_tls_and_http(make_lab: LabFactory) -> Non
     assert http["ok"] == 3
 
 
+def test_a_blackholed_port_and_what_the_relay_counts(make_lab: LabFactory) -> None:
+    gw = "198.19.1.1"
+    lab = make_lab(LabSpec.simple([10]).with_gateway("gw-1.lab.example", blackhole_ports=(80,)))
+    before = lab.traffic().get(gw, (0, 0, 0, 0))
+    [tls, http] = lab.measure([
+        {"op": "connect", "address": gw, "count": 2},
+        {"op": "connect", "address": gw, "port": 80, "count": 1, "timeout": 0.3},
+    ])
+    assert len(tls["times_ms"]) == 2, tls
+    assert [e.split()[0] for e in http["errors"]] == ["timeout"], http  # dropped, not RST
+    sent, sent_bytes, back, back_bytes = (
+        a - b for a, b in zip(lab.traffic()[gw], before, strict=True))
+    # Two handshakes (SYN, ACK, FIN, ACK each way at least) and the unanswered SYN to 80.
+    assert sent >= 2 * 3 + 1
+    assert back >= 2 * 2
+    assert sent_bytes >= 40 * sent  # IP + TCP headers at least
+    assert back_bytes >= 40 * back
+
+
 def test_up_refuses_a_taken_name_and_down_removes_everything(make_lab: LabFactory) -> None:
     lab = make_lab(LabSpec.simple([5]))
     with pytest.raises(LabError, match="already exists"):

@@ -104,6 +104,29 @@ def test_blackhole_and_loss(pipes: tuple[tuple[int, int], tuple[int, int]]) -> N
     assert 400 < relay.stats["lost"] < 600
 
 
+def test_blackholed_ports_drop_both_ways_and_leave_the_others(
+    pipes: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
+    relay = make(pipes, rtt_ms=10, blackhole_ports=(80,))
+    relay.accept(packet(CLIENT, GW, 1000, 80, 1), from_client=True, now=0.0)
+    relay.accept(packet(GW, CLIENT, 80, 1000, 2), from_client=False, now=0.0)
+    relay.accept(packet(CLIENT, GW, 80, 443, 3), from_client=True, now=0.0)  # our port 80
+    assert relay.stats["blackholed"] == 2
+    relay.deliver(1.0)
+    assert read_seqs(pipes[1][0]) == [3]
+
+
+def test_traffic_counts_what_each_address_sent_and_got(
+    pipes: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
+    relay = make(pipes, rtt_ms=10, blackhole_ports=(80,))
+    relay.accept(packet(CLIENT, GW, 1000, 443, 1), from_client=True, now=0.0)
+    relay.accept(packet(CLIENT, GW, 1001, 80, 2), from_client=True, now=0.0)  # dropped
+    relay.accept(packet(GW, CLIENT, 443, 1000, 3), from_client=False, now=0.0)
+    relay.accept(packet(CLIENT, "198.19.9.9", 1000, 443, 4), from_client=True, now=0.0)
+    assert relay.traffic_snapshot() == {"traffic": {GW: [2, 80, 1, 40]}}
+
+
 def test_unknown_addresses_pass_at_once(pipes: tuple[tuple[int, int], tuple[int, int]]) -> None:
     relay = make(pipes, rtt_ms=100)
     relay.accept(packet(CLIENT, "198.19.9.9", 1000, 80, 7), from_client=True, now=5.0)

@@ -25,6 +25,7 @@ GOOD = {
             "http": False,
             "up_ms": 30,
             "address6": "2001:2::1",
+            "blackhole_ports": [80, 8080, 80],
         },
     ],
 }
@@ -36,6 +37,7 @@ def test_good_spec_parses_and_normalises() -> None:
     osaka = spec.gateway("gw-osaka.lab.example")  # lower-cased, final dot dropped
     assert osaka.mode is GatewayMode.REFUSE
     assert osaka.delays_ms == (30.0, 15.0)
+    assert osaka.blackhole_ports == (80, 8080)
     assert spec.gateway("gw-tokyo.lab.example").delays_ms == (10.0, 10.0)
     assert spec.addresses() == {"198.18.0.53", "198.19.1.1", "198.19.2.1", "2001:2::1"}
 
@@ -75,6 +77,8 @@ def _gw(**fields: object) -> dict[str, object]:
         (_gw(loss=1.5), "loss: 1.5 is outside"),
         (_gw(mode="slow"), "'slow' is not one of normal, blackhole, refuse"),
         (_gw(http="yes"), "expected true or false"),
+        (_gw(blackhole_ports=[0]), r"blackhole_ports: expected a list of port numbers"),
+        (_gw(blackhole_ports=80), r"blackhole_ports: expected a list of port numbers"),
         (_gw(host="bad host!"), "not a valid host name"),
         (_gw(address6="2001:db8::1"), "outside the lab range 2001:2::/48"),
         (_gw(address6="198.19.1.9"), "is not an IPv6 address"),
