@@ -14,7 +14,6 @@ import base64
 import contextlib
 import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import resource
@@ -56,8 +55,20 @@ IPV6_FREEBIND = 78
 PORTS = {"tls": 443, "tls-error": 443, "http": 80, "dns-udp": 53, "dns-tcp": 53}
 
 
-def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
-    """A self-signed certificate for every gateway name and address; its context.
+def certificate_names(spec: LabSpec) -> tuple[str, ...]:
+    """The certificate's names: a wildcard per parent domain of the gateways, no addresses.
+
+    Nothing in the lab verifies a name (probes do not verify, openconnect pins the key),
+    and one name per gateway would not scale: 5,000 gateways' names and addresses made a
+    certificate past OpenSSL's 100 kB limit on a handshake message, and every TLS
+    handshake failed (EXCESSIVE_MESSAGE_SIZE).
+    """
+    return tuple(sorted({f"*.{gw.host.split('.', 1)[1]}" if "." in gw.host else gw.host
+                         for gw in spec.gateways}))
+
+
+def make_certificate(names: tuple[str, ...], directory: Path) -> ssl.SSLContext:
+    """A self-signed certificate for `names` (DNS names, wildcards allowed); its context.
 
     The key is made once per lab and kept, so the `pin-sha256` openconnect checks stays
     the same when a `set` adds gateways and the certificate is re-signed.
@@ -76,13 +87,6 @@ def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
                 serialization.NoEncryption(),
             )
         )
-    names: list[x509.GeneralName] = [x509.DNSName(gw.host) for gw in spec.gateways]
-    names += [
-        x509.IPAddress(ipaddress.ip_address(a))
-        for gw in spec.gateways
-        for a in (gw.address, gw.address6)
-        if a is not None
-    ]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ogsd lab gateway")])
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -95,7 +99,8 @@ def make_certificate(spec: LabSpec, directory: Path) -> ssl.SSLContext:
         .not_valid_after(now + datetime.timedelta(days=30))
     )
     if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in names])
+        builder = builder.add_extension(san, critical=False)
     cert = builder.sign(key, hashes.SHA256())
     tmp = cert_path.with_suffix(".tmp")
     tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -187,7 +192,7 @@ class Servers:
         self.spec = LabSpec()
         self.zone: dnszone.Zone = {}
         self.context: ssl.SSLContext | None = None
-        self.hosts: frozenset[str] = frozenset()
+        self.cert_names: tuple[str, ...] | None = None
         self.listeners: dict[tuple[str, str], Closer] = {}
         self.vpns: dict[str, lab_ocserv.Ocserv] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -227,10 +232,10 @@ class Servers:
         """Re-read the spec; open and close listeners, start and stop ocserv to match it."""
         async with self.lock:
             spec = lab_spec.load(self.spec_path)
-            hosts = frozenset(f"{g.host}/{g.address}/{g.address6}" for g in spec.gateways)
-            if self.context is None or hosts != self.hosts:
-                self.context = make_certificate(spec, self.state_dir)
-                self.hosts = hosts
+            names = certificate_names(spec)
+            if self.context is None or names != self.cert_names:
+                self.context = make_certificate(names, self.state_dir)
+                self.cert_names = names
             self.spec, self.zone = spec, dnszone.build_zone(spec)
             wanted = self.wanted_listeners(spec)
             vpns = self.wanted_vpns(spec)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.lab import Lab, LabError, LabSpec, procs
+from ogsd.lab import GatewaySpec, Lab, LabError, LabSpec, procs
 from ogsd.lab.lab import NETNS_DIR, NETNS_ETC
+from ogsd.lab.servers import certificate_names, make_certificate
 from tests.lab_fixtures import LabFactory, lab_name
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -134,6 +135,19 @@ def test_a_blackholed_port_and_what_the_relay_counts(make_lab: LabFactory) -> No
     assert back >= 2 * 2
     assert sent_bytes >= 40 * sent  # IP + TCP headers at least
     assert back_bytes >= 40 * back
+
+
+def test_the_certificate_names_domains_not_gateways(tmp_path: Path) -> None:
+    far = [GatewaySpec(f"g{i}.lab.example", f"198.19.{i // 250}.{i % 250 + 1}")
+           for i in range(5000)]
+    spec = LabSpec(gateways=(*far, GatewaySpec("vpn.corp.example", "198.19.99.1"),
+                             GatewaySpec("a.b.corp.example", "198.19.99.2")))
+    names = certificate_names(spec)
+    assert names == ("*.b.corp.example", "*.corp.example", "*.lab.example")
+    make_certificate(names, tmp_path)
+    # One name per gateway and address made 5,000 gateways' certificate exceed OpenSSL's
+    # 100 kB handshake message limit: every TLS handshake failed.
+    assert (tmp_path / "cert.pem").stat().st_size < 2000
 
 
 def test_up_refuses_a_taken_name_and_down_removes_everything(make_lab: LabFactory) -> None:
