@@ -26,12 +26,12 @@ import anyio.to_thread
 import structlog
 from anyio.abc import TaskStatus
 
-from ogsd import api, diag, logs
+from ogsd import api, diag, heap, logs
 from ogsd.address import split_address
 from ogsd.autoproxy import AutoProxy
 from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
-from ogsd.core.models import DaemonState, Decision, Location, Reason
+from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.triggers import Trigger
 from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
@@ -261,6 +261,8 @@ class Daemon:
             # After publishing: a refusing disk costs memory across restarts, never the
             # answer clients get now.
             await self.persister.save(writes, RETRY_S)
+            if job.decision is None or job.decision.source is not Source.CACHE:
+                heap.release()  # a round ran (or failed): its memory goes back, not idles
 
     def _use(self, config: Config) -> None:
         if config.gateways != self.config.gateways:

@@ -33,8 +33,13 @@ import anyio
 import anyio.abc
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import (
+
+from ogsd.core.uplink import DefaultRoute, HostRoute
+from ogsd.rtnl import (
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETROUTE,
@@ -43,13 +48,11 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
+    MarshalRtnl,
+    ifaddrmsg,
+    ifinfmsg,
+    rtmsg,
 )
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
-from ogsd.core.uplink import DefaultRoute, HostRoute
 
 log = structlog.get_logger(__name__)
 
