@@ -55,6 +55,15 @@ class Persister:
         except StoreError as exc:
             log.warning("cannot read the state database, using the last state read",
                         error=str(exc))
+        return self.known()
+
+    def known(self) -> DaemonState:
+        """The state as last read or written, with unsaved changes; no I/O.
+
+        What the daemon itself changed is in it (every change of ours goes through here);
+        what another process wrote since the last `state()` is not: for answers that
+        only show the daemon's own view (`status`), not for decisions.
+        """
         state = self._stored
         for write in self._unsaved:
             if write.state:
@@ -84,7 +93,9 @@ class Persister:
                     while self._unsaved:
                         with anyio.CancelScope(shield=True):  # done means no longer pending
                             await anyio.to_thread.run_sync(self._unsaved[0].run)
-                            del self._unsaved[0]
+                            done = self._unsaved.pop(0)
+                            if done.state:  # on disk now: known() keeps it without a read
+                                self._stored = dataclasses.replace(self._stored, **done.state)
                     return True
                 except StoreError as exc:
                     if pause is None:

@@ -1,14 +1,21 @@
-"""What keeps the idle daemon small (issue 9's footprint): the lean pyroute2 import and
-the heap handed back after a round."""
+"""What keeps the idle daemon small and its answers off the disk (issue 9's footprint and
+API figures): the lean pyroute2 import, the heap handed back after a round, and the
+state the daemon knows without reading its database."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ogsd import heap
+from ogsd.engine import Write
+from ogsd.persist import Persister
+from ogsd.store import Store
 
 # Freed in the test below: 100 MB in 1 kB blocks (malloc's, not pymalloc's arenas).
 BLOCKS, BLOCK = 100_000, 1000
@@ -49,3 +56,26 @@ def test_the_network_watcher_imports_pyroute2_lean_and_pyroute2_still_whole() ->
                           check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[]", "IPRoute True True"]
+
+
+@pytest.mark.anyio
+async def test_known_state_has_our_changes_without_reading_the_database(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "ogsd.db")
+    other = Store.open(tmp_path / "ogsd.db")  # another process, as `ogsd cache clear` is
+    try:
+        persister = Persister(store)
+        await persister.state()
+        await persister.update_state(connected="gw-1.example", connected_device="tun0")
+        await persister.save([Write("last gateway", functools.partial(
+            store.update_state, last_gateway="gw-1.example"),
+            state={"last_gateway": "gw-1.example"})])
+        known = persister.known()
+        assert (known.connected, known.connected_device, known.last_gateway) == (
+            "gw-1.example", "tun0", "gw-1.example")
+        other.update_state(connected="gw-2.example")
+        assert persister.known().connected == "gw-1.example"  # not read: our own view
+        assert (await persister.state()).connected == "gw-2.example"
+        assert persister.known().connected == "gw-2.example"  # the read refreshed it
+    finally:
+        store.close()
+        other.close()
