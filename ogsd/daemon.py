@@ -129,6 +129,8 @@ class Daemon:
         self._net_started = anyio.Event()  # set once the current watcher watches
         self._rearm = anyio.Event()  # set: the periodic timer re-reads its settings
         self._looking = anyio.Lock()  # one look at the network at a time (_observe)
+        # Our last routing dump: (watcher, its event mark before the dump, gateways, dump).
+        self._last_dump: tuple[NetWatcher, int | None, list[str], NetSnapshot] | None = None
         self.persister = Persister(store)  # every write of ours goes through it
         self.rounds = 0  # evaluations finished (tests and status read it)
         self._configured = config  # as loaded: NetworkManager's servers are added to it
@@ -239,7 +241,7 @@ class Daemon:
                     self._use(await self.nm.with_gateways(self._configured))
                 if self.location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
-                state = await self._state()
+                state = self.persister.known()  # as _observe just read (and changed) it
                 outcome = await self.engine.decide(
                     job.trigger, self.location, slept=job.slept, netenv_ok=job.netenv_ok,
                     path=self.net.probe_path(state, view), state=state, full=job.full)
@@ -354,7 +356,7 @@ class Daemon:
         if self._net_watcher is not None:  # host routes to these are reported
             self._net_watcher.set_gateways(watched)
         if snapshot is None:
-            snapshot = await self.net.snapshot(watched)
+            snapshot = await self._snapshot(watched)
         state = await self._track_tunnel(snapshot, state)
         view = await self.net.look(state, snapshot)
         uplink = view.uplink
@@ -378,6 +380,18 @@ class Daemon:
                      source=view.reading.source, current=view.reading.current)
         self.location = location
         return view, changed
+
+    async def _snapshot(self, watched: list[str]) -> NetSnapshot:
+        """The routing state now: our last dump if the watcher has seen no change since
+        (for the same gateways), else a fresh dump (~3 ms of a round's start here)."""
+        watcher, last = self._net_watcher, self._last_dump
+        if (watcher is not None and last is not None and last[0] is watcher
+                and last[2] == watched and watcher.quiet_since(last[1])):
+            return last[3]
+        mark = watcher.event_mark() if watcher is not None else None
+        snapshot = await self.net.snapshot(watched)
+        self._last_dump = (watcher, mark, watched, snapshot) if watcher is not None else None
+        return snapshot
 
     def _watched_addresses(self, state: DaemonState) -> list[str]:
         """Addresses whose host routes mean "this gateway's VPN is up"."""

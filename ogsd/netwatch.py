@@ -282,6 +282,30 @@ class NetWatcher:
         self._watch_files = tuple(watch_files)
         self._gateways = _parse_gateways(gateways)
         self._rcvbuf = rcvbuf
+        # Netlink wake-ups of the thread, counted before each drain (see quiet_since).
+        self._event_count = 0
+        self._events: _Events | None = None  # while the thread watches
+
+    def event_mark(self) -> int | None:
+        """A mark for `quiet_since`, taken before a dump; None while nothing is watched."""
+        return self._event_count if self._events is not None else None
+
+    def quiet_since(self, mark: int | None) -> bool:
+        """Whether the kernel has reported no link, address or route change since `mark`:
+        a dump now would read what a dump right after the mark read.
+
+        Notifications are queued on the watcher's socket as the kernel makes the change,
+        and the thread counts each wake-up before it drains the socket: a change is either
+        counted or still readable, so this never misses one the kernel made before it.
+        """
+        events = self._events
+        if events is None or mark is None or mark != self._event_count:
+            return False
+        try:
+            readable, _, _ = select.select([events], [], [], 0)
+        except (OSError, ValueError):  # closed under us: the watcher is stopping
+            return False
+        return not readable and mark == self._event_count
 
     def set_gateways(self, gateways: Iterable[str]) -> None:
         """Addresses whose host routes the snapshots report (from the next dump on)."""
@@ -341,10 +365,12 @@ class NetWatcher:
             files = DirWatch(self._watch_files)
             state = _dump_state(self._gateways)
             post(state.snapshot)
+            self._events = events  # quiet_since may trust it from now on
             self._loop(post, wake, events, files, state)
         except Exception as exc:
             post(_as_watch_error(exc))
         finally:
+            self._events = None
             if events is not None:
                 events.close()
             if files is not None:
@@ -369,6 +395,7 @@ class NetWatcher:
                 return
             got: set[str] = set()
             if events in ready:
+                self._event_count += 1  # before draining: quiet_since relies on the order
                 got |= events.drain()
             if files in ready and files.changed():
                 got.add(REASON_RESOLV_CONF)

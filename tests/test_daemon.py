@@ -216,6 +216,34 @@ async def test_netlink_storm_is_one_evaluation(
         assert counts(*servers) == seen
 
 
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_a_look_dumps_the_routes_again_only_once_netlink_has_spoken(
+        setup: Setup, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = setup.options(watch_sleep=False, netns=ns)
+    async with running_daemon(options, setup.config, FakeClock()) as (daemon, decisions):
+        await decisions.next()
+        with anyio.fail_after(WAIT):
+            await daemon._net_started.wait()
+        dumps: list[int] = []
+        dump = daemon.net.snapshot
+
+        async def counted(gateways: Any = ()) -> Any:
+            dumps.append(1)
+            return await dump(gateways)
+
+        monkeypatch.setattr(daemon.net, "snapshot", counted)
+        for _ in range(3):
+            await daemon._observe()
+        assert len(dumps) <= 1  # nothing changed since the first: its dump stands
+        seen = len(dumps)
+        # Right after the change, long before the watcher's debounce is over: read again.
+        await anyio.to_thread.run_sync(lambda: ip_batch(ns, "link add q0 type veth peer name q1"))
+        view, _ = await daemon._observe()
+        assert len(dumps) == seen + 1
+        assert "q0" in [name for name, _ in view.snapshot.links]
+
+
 # --- d, e: suspend and resume ------------------------------------------------------------
 
 

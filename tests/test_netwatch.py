@@ -278,3 +278,25 @@ def test_read_snapshot_in_namespace(netns: str) -> None:
         defaults=(DefaultRoute(6, "d0", "2001:db8::1", 1024, tunnel=False),),
         links=snapshot.links,
     )
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_quiet_since_sees_a_change_the_thread_has_not_read_yet(netns: str) -> None:
+    watcher = NetWatcher(debounce=DEBOUNCE, netns=netns)
+    assert watcher.event_mark() is None  # not watching yet: nothing to trust
+    send, changes = anyio.create_memory_object_stream[NetworkChange](16)
+    async with send, changes, anyio.create_task_group() as tg:
+        await tg.start(watcher.run, send)
+        mark = watcher.event_mark()
+        assert mark is not None
+        assert watcher.quiet_since(mark)
+        # The kernel queues the notification as it makes the change: whether or not the
+        # thread has woken for it yet, the mark is no longer quiet.
+        await ip_batch(netns, "link add q0 type veth peer name q1")
+        assert not watcher.quiet_since(mark)
+        assert "q0" in [name for name, _ in (await next_change(changes)).snapshot.links]
+        assert watcher.quiet_since(watcher.event_mark())
+        tg.cancel_scope.cancel()
+    assert watcher.event_mark() is None
+    assert not watcher.quiet_since(mark)
