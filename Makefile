@@ -21,9 +21,9 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ogsd.lab demo
 
-# Round time, ogsd vs the AnyConnect method, on the lab (root).
+# Every benchmark on the lab (root), written to bench/RESULTS.md.
 bench: $(STAMP)
-	$(BIN)/python -m bench.round_time
+	$(BIN)/python -m bench
 
 test: $(STAMP)
 	$(BIN)/ruff check ogsd tests bench

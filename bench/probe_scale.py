@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -35,19 +36,35 @@ from ogsd.probe import probe_round
 NEAR = "198.18.100.1"  # outside the client subnet and the VPN range
 
 
-def _address(i: int) -> str:
+def address_of(i: int) -> str:
     """The i-th far gateway: 198.19.0.1 ... (250 per /24, room for 5,000 and more)."""
     return f"198.19.{i // 250}.{i % 250 + 1}"
+
+
+@contextlib.contextmanager
+def busy_cores(busy: bool = True) -> Iterator[None]:
+    """Two processes spinning on the CPU while the block runs (nothing when not `busy`)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(2 if busy else 0)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def inner(request: dict[str, Any]) -> dict[str, Any]:
     """One round in this (the client) namespace; what it cost and what it measured."""
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if request.get("nofile"):  # a file-descriptor limit as a service might have
+        resource.setrlimit(resource.RLIMIT_NOFILE, (request["nofile"], request["nofile"]))
     gateways = [Gateway(host=a) for a in request["addresses"]]
     cpu0, t0 = time.process_time(), time.perf_counter()
     metric = Metric(request.get("metric", "network"))
-    out = anyio.run(lambda: probe_round(gateways, metric=metric),
+    settle = bool(request.get("settle", True))
+    out = anyio.run(lambda: probe_round(gateways, metric=metric, settle_early=settle),
                     backend="asyncio", backend_options={"use_uvloop": True})
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     ranked = rank(out.results, metric)
@@ -76,23 +93,20 @@ def main() -> None:
         print(json.dumps(inner(json.load(sys.stdin))))
         return
 
-    far = [GatewaySpec(host=f"g{i}.lab.example", address=_address(i), rtt_ms=args.rtt)
+    far = [GatewaySpec(host=f"g{i}.lab.example", address=address_of(i), rtt_ms=args.rtt)
            for i in range(args.gateways)]
     near = GatewaySpec(host="near.lab.example", address=NEAR, rtt_ms=args.best)
     spec = validate(LabSpec(gateways=(*far, near)))  # the nearest last: no order bias
     lab = Lab.up(spec, "obench" + secrets.token_hex(3))
-    spinners: list[subprocess.Popen[bytes]] = []
     try:
-        if args.busy:
-            spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                        for _ in range(2)]
         request = json.dumps({"addresses": [g.address for g in (*far, near)],
                               "metric": args.metric})
         print(f"{args.gateways} gateways at {args.rtt:g} ms + 1 at {args.best:g} ms"
               f"{', both cores busy' if args.busy else ''}, ranked by {args.metric}")
         for run in range(args.runs):
-            done = lab.exec([sys.executable, "-m", "bench.probe_scale", "--inner"],
-                            input=request, timeout=120)
+            with busy_cores(args.busy):
+                done = lab.exec([sys.executable, "-m", "bench.probe_scale", "--inner"],
+                                input=request, timeout=120)
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-2000:])
             r = json.loads(done.stdout)
@@ -107,9 +121,6 @@ def main() -> None:
                   f"{_ms(near_error)} far {_ms(far_error)} ({len(far_values)} connects)"
                   + (f"; errors {r['errors']}" if r["errors"] else ""))
     finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
         with contextlib.suppress(Exception):
             lab.down()
 

@@ -1,4 +1,5 @@
-"""Keep bench/round_time.py from rotting: its methods on loopback, its quick mode on the lab."""
+"""Keep the benchmarks from rotting: each one's quick mode on the lab (seconds), the round
+methods on loopback, and the results file the runner writes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from bench import report
 from bench.round_time import ANYCONNECT, FALLBACK, OGSD, Run, Target, measure, percentile
 from ogsd.core.models import Metric
 from tests.tlsserver import LoopbackServer, blackholed_port
@@ -89,3 +92,137 @@ def test_without_root_or_with_bad_arguments_it_says_why() -> None:
     assert done.returncode == 2
     assert "unknown scenario(s) z" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- every other benchmark: its quick mode runs and writes rows that say something -------
+
+
+def run_bench(name: str, tmp_path: Path, *extra: str) -> dict[str, Any]:
+    """`python -m bench.<name> --quick --json`: the rows it wrote."""
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--json", str(out),
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    doc: dict[str, Any] = json.loads(out.read_text())
+    assert doc["bench"] == name
+    assert {"machine", "date", "commit", "load"} <= set(doc["machine"])
+    return {row["id"]: row for row in doc["rows"]}
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_choice_quick(tmp_path: Path) -> None:
+    rows = run_bench("choice", tmp_path)
+    ours = [r for k, r in rows.items() if k.startswith("choice.ogsd.gap")]
+    assert sum(r["n"] for r in ours) == 2  # both scenarios judged, in one category or another
+    assert all(r["median"] == 100 for r in ours if r["n"])  # 2-5 gateways, gaps >= 5 %
+    assert rows["choice.ogsd.time"]["n"] == 2
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_accuracy_quick(tmp_path: Path) -> None:
+    rows = run_bench("accuracy", tmp_path)
+    assert set(rows) == {"accuracy.sweep.idle", "accuracy.crowd"}
+    for row in rows.values():
+        assert row["met"] is True, row  # the kernel's RTT is within a ms of the relay's
+        assert "right picks 1/1" in row["note"]
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_decision_quick(tmp_path: Path) -> None:
+    rows = run_bench("decision", tmp_path)
+    assert set(rows) == {"decision.cache_hit", "decision.cache_hit_resolv", "decision.round_20",
+                         "decision.round_50", "decision.new_location_port80_blackholed"}
+    assert rows["decision.cache_hit"]["median"] < 1000
+    # A round takes its exchange (3 RTTs) at least, and the blackholed port-80 check its
+    # grace on top: the figures are the round's, not the cache's.
+    assert rows["decision.round_20"]["median"] >= 60
+    assert rows["decision.round_50"]["median"] >= 150
+    assert (rows["decision.new_location_port80_blackholed"]["median"]
+            >= rows["decision.round_20"]["median"])
+    assert "plain blocking client" in rows["decision.round_20"]["note"]
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_scale_quick(tmp_path: Path) -> None:
+    rows = run_bench("scale", tmp_path)
+    assert set(rows) == {"scale.10.wall", "scale.10.rss", "scale.10.cpu"}
+    assert rows["scale.10.wall"]["note"].startswith("right pick 1/1, deadline hit 0/1")
+    assert 0 < rows["scale.10.rss"]["median"] < 150
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_footprint_quick(tmp_path: Path) -> None:
+    rows = run_bench("footprint", tmp_path)
+    assert {"footprint.ready", "footprint.rss", "footprint.rss_cached", "footprint.cpu",
+            "footprint.wakeups"} == set(rows)
+    assert 0 < rows["footprint.ready"]["median"] < 20_000
+    assert 10 < rows["footprint.rss"]["median"] < 500
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_api_load_quick(tmp_path: Path) -> None:
+    rows = run_bench("api_load", tmp_path)
+    assert rows["api.ogsctl_status"]["n"] == 3
+    assert rows["api.throughput"]["median"] > 0
+    assert rows["api.throughput"]["met"] is None  # 10 clients: not the target's 50
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_probe_scale_runs() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.probe_scale", "--gateways", "10",
+                           "--runs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "run 1: wall" in done.stdout
+    assert "pick right" in done.stdout
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_the_runner_writes_results_for_what_it_ran(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "netcost",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    text = out.read_text()
+    assert "| Cost to the network | AnyConnect's method: packets per gateway" in text
+    assert "python -m bench.netcost" in text  # its output, kept
+    assert "commit" in text
+    assert "load average" in text
+
+
+def test_the_results_name_misses_and_their_causes(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {"id": "x.y", "title": "a thing", "unit": "ms", "median": 30.0, "low": 20.0,
+           "high": 40.0, "n": 12, "spread": "p10-p90", "target": "<= 25 ms", "met": False,
+           "note": "5 ms over"}
+    fine = {**row, "id": "x.z", "title": "another", "median": 1.0, "met": True, "note": "ok"}
+    doc = {"bench": "decision", "machine": {"date": "2026-12-01T20:00:00Z", "commit": "abc"},
+           "rows": [row, fine]}
+    header = {"machine": "m", "python": "3.11", "date": "d", "commit": "abc",
+              "load_start": "0.1", "load_end": "0.2", "elapsed": "1 min"}
+    monkeypatch.setitem(report.CAUSES, "x.y", "the lab's floor")
+    text = report.render([doc], header=header, outputs={"decision": "printed"},
+                         failures={"scale": "exit 1: boom"})
+    assert "| Decision time | a thing | 30.0 ms | 20.0-40.0 (p10-p90) | 12 | <= 25 ms | " \
+           "**missed** | 12-01 20:00Z abc |" in text
+    assert "| another | 1.00 ms |" in text
+    assert "- **a thing**: 30.0 ms for <= 25 ms. 5 ms over Cause: the lab's floor" in text
+    assert "`scale`: exit 1: boom" in text
+    assert "printed" in text
+
+
+def test_runner_refuses_an_unknown_benchmark() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "unknown benchmark(s) nope" in done.stderr

@@ -9,19 +9,16 @@ under the same load and pick the wrong one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
+from bench.probe_scale import busy_cores
 from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import validate
-from tests.lab.ogsd_helpers import run_python
 from tests.lab_fixtures import LabFactory
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -30,42 +27,14 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 MEDIAN_ERROR_MS = 1.0
 BEST = "198.18.100.1"  # outside the client subnet and the VPN range
 
-ROUND_SNIPPET = """
-import json, anyio, logging, structlog
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-from ogsd.core.models import Gateway, Metric
-from ogsd.core.selection import rank
-from ogsd.probe import probe_round
-addresses, settle = json.loads(__ADDRESSES__), __SETTLE__
-gateways = [Gateway(host=a) for a in addresses]
-out = anyio.run(lambda: probe_round(gateways, metric=Metric.NETWORK, settle_early=settle),
-                backend="asyncio", backend_options={"use_uvloop": True})
-ranked = rank(out.results, Metric.NETWORK)
-print(json.dumps({"pick": ranked.hosts[0] if ranked.usable else None,
-                  "elapsed_s": out.elapsed_s, "deadline_hit": out.deadline_hit,
-                  "figures": {r.host: [s.network_rtt_ms for s in r.samples
-                                       if s.network_rtt_ms is not None]
-                              for r in out.results}}))
-"""
 
-
-def _round(lab: Lab, addresses: list[str], *, settle: bool) -> dict[str, object]:
-    code = ROUND_SNIPPET.replace("__ADDRESSES__", repr(json.dumps(addresses)))
-    result: dict[str, object] = run_python(lab, code.replace("__SETTLE__", repr(settle)))
+def _round(lab: Lab, addresses: list[str], *, settle: bool) -> dict[str, Any]:
+    """One round (`bench.probe_scale`'s, as ogsd runs it) in the client namespace."""
+    done = lab.exec([sys.executable, "-m", "bench.probe_scale", "--inner"], timeout=120,
+                    input=json.dumps({"addresses": addresses, "settle": settle}))
+    assert done.returncode == 0, done.stderr[-1000:]
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
-
-
-@contextmanager
-def both_cores_busy() -> Iterator[None]:
-    """Two processes spinning on the CPU for as long as the block runs."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(2)]
-    try:
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
 
 
 def _errors(figures: dict[str, list[float]], rtts: dict[str, float]) -> dict[str, float]:
@@ -79,7 +48,7 @@ def test_figures_match_the_path_from_5_to_300_ms(make_lab: LabFactory, busy: boo
     lab = make_lab(LabSpec.simple(rtts))
     addresses = [g.address for g in lab.spec.gateways]
     expected = dict(zip(addresses, map(float, rtts), strict=True))
-    with both_cores_busy() if busy else contextlib.nullcontext():
+    with busy_cores(busy):
         out = _round(lab, addresses, settle=False)
     figures = out["figures"]
     assert isinstance(figures, dict)
@@ -111,4 +80,4 @@ def test_a_hundred_gateways_in_one_round_do_not_blur_the_figures(
     assert far_error <= MEDIAN_ERROR_MS, statistics.quantiles(far_values, n=10)
     print(f"\n100 x 50 ms + 1 x 30 ms: near {figures[BEST]} (error {near_error:.3f} ms), far "
           f"median error {far_error:.3f} ms over {len(far_values)} connects, "
-          f"round {out['elapsed_s']:.2f} s")
+          f"round {out['wall_s']:.2f} s")

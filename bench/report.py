@@ -1,0 +1,98 @@
+"""bench/RESULTS.md from the benchmarks' JSON: one table, the misses explained, the output.
+
+`render` is pure (documents in, Markdown out), so the smoke test checks it on made-up
+rows. Why a target is missed is known only once someone has looked; `CAUSES` holds what
+was found, keyed by row id, and is shown next to a row only while that row misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.common import fmt
+
+# Row id -> what was found when it missed (kept while it may miss again).
+CAUSES: dict[str, str] = {}
+
+TITLES = {
+    "choice": "Choice quality",
+    "accuracy": "Accuracy under load",
+    "decision": "Decision time",
+    "scale": "Scale",
+    "footprint": "Footprint",
+    "api_load": "API",
+    "netcost": "Cost to the network",
+    "round_time": "Round time",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _verdict(row: Mapping[str, Any]) -> str:
+    met = row.get("met")
+    return "-" if met is None else "met" if met else "**missed**"
+
+
+def _figure(row: Mapping[str, Any]) -> tuple[str, str]:
+    unit = row["unit"]
+    spread = f"{fmt(row['low'])}-{fmt(row['high'])}"
+    return f"{fmt(row['median'])} {unit}", f"{spread} ({row['spread']})" if row["n"] else "-"
+
+
+def render(docs: Sequence[Mapping[str, Any]], *, header: Mapping[str, str],
+           outputs: Mapping[str, str], failures: Mapping[str, str]) -> str:
+    """The whole RESULTS.md."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `sudo make bench` (`python -m bench`), which runs every benchmark in",
+        "`bench/` on the network lab and collects their rows. Each row: the median of its",
+        "samples and their spread (p10-p90, min-max for fewer than 10 samples, or the 95 %",
+        "Wilson interval of a share), the number of samples, the target (issue 9), and",
+        "whether it was met. Ratios compare figures taken in the same run.",
+        "",
+        f"- machine: {header['machine']}; Python {header['python']}",
+        f"- date: {header['date']}; commit {header['commit']}",
+        f"- load average (1, 5, 15 min): {header['load_start']} at the start, "
+        f"{header['load_end']} at the end; {header.get('load_note', '')}".rstrip("; "),
+        f"- total time: {header['elapsed']}",
+        "",
+    ]
+    if failures:
+        lines += ["**Benchmarks that did not finish:**", ""]
+        lines += [f"- `{name}`: {why}" for name, why in failures.items()]
+        lines.append("")
+    lines += ["| benchmark | row | median | spread | n | target | result | run |",
+              "|---|---|---|---|---|---|---|---|"]
+    missed = []
+    for doc in docs:
+        bench = doc["bench"]
+        run = f"{doc['machine']['date'][5:16].replace('T', ' ')}Z {doc['machine']['commit']}"
+        for row in doc["rows"]:
+            median, spread = _figure(row)
+            lines.append(f"| {TITLES.get(bench, bench)} | {_cell(row['title'])} | {median} | "
+                         f"{spread} | {row['n']} | {_cell(row['target']) or '-'} | "
+                         f"{_verdict(row)} | {run} |")
+            if row.get("met") is False:
+                missed.append(row)
+    lines += ["", "## Misses: by how much, and why", ""]
+    if not missed:
+        lines.append("Every target was met.")
+    for row in missed:
+        cause = CAUSES.get(row["id"], "not analysed yet")
+        lines.append(f"- **{row['title']}**: {fmt(row['median'])} {row['unit']} for "
+                     f"{row['target']}. {row['note'] or ''}".rstrip() + f" Cause: {cause}")
+    lines += ["", "## Notes per row", ""]
+    for doc in docs:
+        for row in doc["rows"]:
+            if row.get("note") and row.get("met") is not False:
+                lines.append(f"- {row['title']}: {_cell(row['note'])}")
+    lines += ["", "## What each benchmark printed", ""]
+    for name, text in outputs.items():
+        lines += [f"<details><summary><code>python -m bench.{name}</code> "
+                  f"({TITLES.get(name, name)})</summary>", "", "```", text.rstrip(), "```", "",
+                  "</details>", ""]
+    return "\n".join(lines).rstrip() + "\n"
