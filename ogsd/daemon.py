@@ -19,14 +19,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import structlog
 from anyio.abc import TaskStatus
 
-from ogsd import api, diag, heap, logs
+from ogsd import api, heap, logs
 from ogsd.address import split_address
 from ogsd.autoproxy import AutoProxy
 from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
@@ -37,7 +37,6 @@ from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, Write
 from ogsd.location import Sources
-from ogsd.metrics import Metrics
 from ogsd.netenv import NetEnvResult, network_environment_test
 from ogsd.netstate import NetState, View
 from ogsd.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
@@ -50,6 +49,9 @@ from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.sleepwatch import SleepEvent, SleepWatcher
 from ogsd.store import Store, StoreError
 from ogsd.store_schema import state_to_dict
+
+if TYPE_CHECKING:
+    from ogsd.metrics import Metrics
 
 log = structlog.get_logger("ogsd.daemon")
 
@@ -135,8 +137,12 @@ class Daemon:
         self.rounds = 0  # evaluations finished (tests and status read it)
         self._configured = config  # as loaded: NetworkManager's servers are added to it
         self.nm = NmSync(config.networkmanager, options.bus_address)
-        self.metrics = Metrics(config.metrics, self._state) if config.metrics.enabled else None
-        if self.metrics is not None:
+        self.metrics: Metrics | None = None
+        if config.metrics.enabled:
+            # Imported when asked for: prometheus_client is 1.6 MB of an idle daemon's RSS.
+            from ogsd.metrics import Metrics  # noqa: PLC0415
+
+            self.metrics = Metrics(config.metrics, self._state)
             self.engine.on_round = self.metrics.round_finished
 
     # --- lifecycle ---------------------------------------------------------------
@@ -634,6 +640,8 @@ class Daemon:
         return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
 
     async def diag(self) -> Json:
+        from ogsd import diag  # noqa: PLC0415 (a support bundle, rarely: ~1 MB of imports)
+
         decisions, entries, store_error = [], [], None
         try:
             decisions = await _stored(functools.partial(self.store.decisions, diag.DECISIONS))
