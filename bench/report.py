@@ -13,7 +13,25 @@ from typing import Any
 from bench.common import fmt
 
 # Row id -> what was found when it missed (kept while it may miss again).
-CAUSES: dict[str, str] = {}
+CAUSES: dict[str, str] = {
+    "decision.round_20": (
+        "three round trips are 60 ms, and the lab itself takes about 65 ms for one "
+        "exchange with that gateway: a plain blocking client's figure, in the note, measured "
+        "in the same run (the relay, the router and the TLS server are user-space Python "
+        "on the same two cores: about 1 ms per round trip and 3 ms of TLS). ogsd's probe "
+        "matches it (the exchange phase in the note). What remains is name resolution "
+        "before the first SYN (A and AAAA for each of the four names, 8 queries through "
+        "the lab's relay to its Python DNS server, answered ~1 ms each as the loop takes "
+        "them) and the daemon's own look at the network, state and cache before the round "
+        "(the routing dump that was 3 ms of it is now reused while netlink is quiet). At "
+        "50 ms the same fixed costs fit in the 20 %. Left: resolving names at all (AnyConnect "
+        "does too; a cache would only hide it for repeats within the names' TTL)."),
+    "decision.new_location_port80_blackholed": (
+        "the round itself costs what b's does (same causes), and a port-80 check still "
+        "silent when probing is over gets 100 ms more by design "
+        "(ogsd.probe.CHECK_GRACE_AFTER_ROUND_S: a portal answers port 80 in one of its "
+        "round trips, before our three to 443), so c misses by b's margin."),
+}
 
 TITLES = {
     "choice": "Choice quality",
