@@ -211,12 +211,14 @@ def test_the_results_name_misses_and_their_causes(monkeypatch: pytest.MonkeyPatc
     header = {"machine": "m", "python": "3.11", "date": "d", "commit": "abc",
               "load_start": "0.1", "load_end": "0.2", "elapsed": "1 min"}
     monkeypatch.setitem(report.CAUSES, "x.y", "the lab's floor")
+    monkeypatch.setitem(report.FINDINGS, "x.z", "what it shows")
     text = report.render([doc], header=header, outputs={"decision": "printed"},
                          failures={"scale": "exit 1: boom"})
     assert "| Decision time | a thing | 30.0 ms | 20.0-40.0 (p10-p90) | 12 | <= 25 ms | " \
            "**missed** | 12-01 20:00Z abc |" in text
     assert "| another | 1.00 ms |" in text
-    assert "- **a thing**: 30.0 ms for <= 25 ms. 5 ms over Cause: the lab's floor" in text
+    assert "- **a thing**: 30.0 ms for <= 25 ms. 5 ms over. Cause: the lab's floor" in text
+    assert "## Findings without a target\n\n- **another**: what it shows" in text
     assert "`scale`: exit 1: boom" in text
     assert "printed" in text
 
