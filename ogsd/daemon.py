@@ -33,7 +33,6 @@ from ogsd.config import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.triggers import Trigger
-from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.dnsenv import DnsConfigError, resolver_for
 from ogsd.engine import Engine, Write
 from ogsd.location import Sources
@@ -49,6 +48,7 @@ from ogsd.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.sleepwatch import SleepEvent, SleepWatcher
 from ogsd.store import Store, StoreError
 from ogsd.store_schema import state_to_dict
+from ogsd.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
     from ogsd.metrics import Metrics
@@ -114,15 +114,11 @@ class Daemon:
         self._autoproxy = AutoProxy(os.environ, options.bus_address)
         self.engine = Engine(config, store, clock=clock, auto_proxy=self._autoproxy.detect)
         self.feed = api.DecisionFeed()
-        self.location: Location | None = None
         self.decision: Decision | None = None
         self.trigger: Trigger | None = None  # what caused `decision` (None: from the store)
         self._jobs_send, self._jobs_recv = anyio.create_memory_object_stream[_Job](32)
         self._sleep_watcher: SleepWatcher | None = None
-        self._net_watcher: NetWatcher | None = None
         self._resolved = ResolvedClient(options.bus_address)
-        self.net = NetState(Sources(config.resolv_conf, resolved=self._resolved),
-                            netns=options.netns)
         self.resume = ResumeWaiter(self._resume_test, self._resume_decide,
                                    max_wait=config.daemon.resume_network_wait.total_seconds())
         self._resuming: datetime | None = None  # sleep record of the resume being handled
@@ -130,10 +126,11 @@ class Daemon:
         self._net_scope: anyio.CancelScope | None = None  # cancelled: a new watcher starts
         self._net_started = anyio.Event()  # set once the current watcher watches
         self._rearm = anyio.Event()  # set: the periodic timer re-reads its settings
-        self._looking = anyio.Lock()  # one look at the network at a time (_observe)
-        # Our last routing dump: (watcher, its event mark before the dump, gateways, dump).
-        self._last_dump: tuple[NetWatcher, int | None, list[str], NetSnapshot] | None = None
         self.persister = Persister(store)  # every write of ours goes through it
+        self.where = Whereabouts(
+            NetState(Sources(config.resolv_conf, resolved=self._resolved),
+                     netns=options.netns),
+            self.persister, clock=clock, gateways_by_address=self._gateways_by_address)
         self.rounds = 0  # evaluations finished (tests and status read it)
         self._configured = config  # as loaded: NetworkManager's servers are added to it
         self.nm = NmSync(config.networkmanager, options.bus_address)
@@ -347,111 +344,25 @@ class Daemon:
     # --- events ------------------------------------------------------------------
 
     async def _observe(self, snapshot: NetSnapshot | None = None) -> tuple[View, bool]:
-        """Take in the network as it is: tunnel up or down, physical uplink, location.
-
-        The view, and whether the location's key set changed. One look at a time: the
-        watcher, a resume and the worker look concurrently, and an older look finishing
-        last would leave a stale view behind.
-        """
-        async with self._looking:
-            return await self._look(snapshot)
-
-    async def _look(self, snapshot: NetSnapshot | None) -> tuple[View, bool]:
-        state = await self._state()
-        watched = self._watched_addresses(state)
-        if self._net_watcher is not None:  # host routes to these are reported
-            self._net_watcher.set_gateways(watched)
-        if snapshot is None:
-            snapshot = await self._snapshot(watched)
-        state = await self._track_tunnel(snapshot, state)
-        view = await self.net.look(state, snapshot)
-        uplink = view.uplink
-        if (uplink is not None and uplink.source != "remembered"
-                and (uplink.device, uplink.gateway) != (state.uplink, state.uplink_gateway)):
-            log.info("physical uplink", device=uplink.device, gateway=uplink.gateway,
-                     found_by=uplink.source)
-            await self._update_state(uplink=uplink.device, uplink_gateway=uplink.gateway)
-        if view.reading is None:
-            log.warning("cannot read the DNS configuration", error=view.error)
-            return view, False
-        location = view.reading.location
-        try:
-            self.engine.resolver = await anyio.to_thread.run_sync(
-                resolver_for, self.config.resolv_conf)
-        except DnsConfigError as exc:
-            log.warning("cannot configure a resolver", error=str(exc))
-        changed = self.location is None or set(location.keys) != set(self.location.keys)
-        if changed:
-            log.info("location", domain=location.domain, servers=list(location.servers),
-                     source=view.reading.source, current=view.reading.current)
-        self.location = location
+        """A look at the network (ogsd.whereabouts); the direct path's resolver follows
+        resolv.conf. The view, and whether the location's key set changed."""
+        view, changed = await self.where.observe(snapshot)
+        if view.reading is not None:
+            try:
+                self.engine.resolver = await anyio.to_thread.run_sync(
+                    resolver_for, self.config.resolv_conf)
+            except DnsConfigError as exc:
+                log.warning("cannot configure a resolver", error=str(exc))
         return view, changed
 
-    async def _snapshot(self, watched: list[str]) -> NetSnapshot:
-        """The routing state now: our last dump if the watcher has seen no change since
-        (for the same gateways), else a fresh dump (~3 ms of a round's start here)."""
-        watcher, last = self._net_watcher, self._last_dump
-        if (watcher is not None and last is not None and last[0] is watcher
-                and last[2] == watched and watcher.quiet_since(last[1])):
-            return last[3]
-        mark = watcher.event_mark() if watcher is not None else None
-        snapshot = await self.net.snapshot(watched)
-        self._last_dump = (watcher, mark, watched, snapshot) if watcher is not None else None
-        return snapshot
+    @property
+    def location(self) -> Location | None:
+        """The physical network's location at the last look."""
+        return self.where.location
 
-    def _watched_addresses(self, state: DaemonState) -> list[str]:
-        """Addresses whose host routes mean "this gateway's VPN is up"."""
-        addresses = set(self._gateways_by_address())
-        if state.connected_address:
-            addresses.add(state.connected_address)
-        return sorted(addresses)
-
-    async def _track_tunnel(self, snap: NetSnapshot, state: DaemonState) -> DaemonState:
-        """Connected or not, as the routes show; the client's word stands until they do."""
-        if state.connected is None:
-            found = detect_tunnel(snap.tunnels, snap.defaults, snap.host_routes,
-                                  self._gateways_by_address())
-            if found is None:
-                return state
-            log.info("VPN connection detected from routes", host=found.host,
-                     device=found.device, address=found.address)
-            return await self._set_connected(found.host, device=found.device,
-                                             address=found.address, by="routes")
-        if state.connected_device is None and state.connected_by != "routes":
-            return state  # a client said so and named no device: it will say when it ends
-        why = tunnel_gone(device=state.connected_device, address=state.connected_address,
-                          tunnels=snap.tunnels, links=[name for name, _ in snap.links],
-                          host_routes=snap.host_routes)
-        if why is None:
-            return state
-        log.info("VPN connection gone", host=state.connected, why=why)
-        return await self._set_disconnected(state)
-
-    async def _set_connected(self, host: str, *, device: str | None, address: str | None,
-                             by: str) -> DaemonState:
-        state = await self._state()
-        changes: dict[str, Any] = dict(
-            connected=host, connected_device=device, connected_address=address,
-            connected_by=by, last_gateway=host, last_connect_at=self.clock())
-        if state.connected is None:
-            # The physical network as it was before the tunnel: what the location stays
-            # while the VPN's DNS is in resolv.conf (ogsd.location).
-            view = self.net.view
-            uplink = view.uplink if view is not None else None
-            location = self.location
-            changes.update(
-                connected_domain=location.domain if location else None,
-                connected_servers=location.servers if location else (),
-                connected_uplink=uplink.device if uplink else None,
-                connected_uplink_gateway=uplink.gateway if uplink else None)
-        return await self._update_state(**changes)
-
-    async def _set_disconnected(self, state: DaemonState) -> DaemonState:
-        log.info("VPN disconnected", host=state.connected, device=state.connected_device)
-        return await self._update_state(
-            connected=None, connected_device=None, connected_address=None, connected_by=None,
-            connected_domain=None, connected_servers=(), connected_uplink=None,
-            connected_uplink_gateway=None, last_disconnect_at=self.clock())
+    @property
+    def net(self) -> NetState:
+        return self.where.net
 
     async def _watch_network(self) -> None:
         """The network watcher; a reload that changes what it watches starts a new one."""
@@ -467,7 +378,7 @@ class Daemon:
         watcher = NetWatcher(debounce=self.config.daemon.debounce.total_seconds(),
                              netns=self.options.netns, watch_files=files,
                              gateways=list(self._gateways_by_address()))
-        self._net_watcher = watcher
+        self.where.watcher = watcher
         send, recv = anyio.create_memory_object_stream[NetworkChange](16)
         # Both ends closed on the way out (a restart by supervise makes a new pair).
         async with send, recv, anyio.create_task_group() as tg:
@@ -677,7 +588,7 @@ class Daemon:
             host = split_address(host).host
         address = host if _is_ip(host) else None
         host = self._gateways_by_address().get(host, host)
-        await self._set_connected(host, device=device, address=address, by="client")
+        await self.where.connected(host, device=device, address=address, by="client")
         log.info("VPN connected", host=host, device=device, address=address)
         await self._observe()  # status says at once where the location now comes from
         return {"message": f"connected to {host}" + (f" on {device}" if device else "")}
@@ -691,7 +602,7 @@ class Daemon:
             return {"message": f"{device} is not the connected tunnel "
                                f"({state.connected_device}); nothing changed"}
         if state.connected is not None:
-            await self._set_disconnected(state)
+            await self.where.disconnected(state)
             await self._observe()
         return {"message": "disconnected"}
 
