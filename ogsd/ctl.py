@@ -28,7 +28,7 @@ EXIT_FORBIDDEN = 4  # the daemon (or the socket's mode) refused us
 DEFAULT_TIMEOUT_S = 5.0
 # evaluate --wait spans a round: 7 s deadline, the proxy check before it, the cache write.
 WAIT_TIMEOUT_S = 30.0
-FORBIDDEN = -32001  # ogsd.api.FORBIDDEN (not imported: the server pulls in anyio)
+FORBIDDEN = -32001  # ogsd.apiwire.FORBIDDEN (not imported: it pulls in SQLAlchemy)
 RECV_CHUNK = 65536
 
 
