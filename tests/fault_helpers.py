@@ -15,6 +15,9 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from ogsd.api import decision_json
 from ogsd.core.models import CacheEntry, Decision
@@ -38,6 +41,21 @@ FAST, SLOW = "127.0.0.21", "127.0.0.22"
 NO_BUS = "unix:path=/nonexistent/ogsd-test/bus"  # the daemon's sleep watcher finds no bus
 DNS = "127.0.53.1"  # the location's DNS server (nothing needs to answer there)
 DOMAIN = "home.example"
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """The daemon runs on uvloop (a fixture: a fault module imports it to use it)."""
+    return "asyncio", {"use_uvloop": True}
+
+
+@contextmanager
+def loopback_pair(slow_delay: float, port: int = 0) -> Iterator[tuple[LoopbackServer,
+                                                                       LoopbackServer]]:
+    """FAST answers at once, SLOW `slow_delay` s late: which one wins is up to the test."""
+    with (LoopbackServer(host=FAST, port=port) as fast,
+          LoopbackServer(host=SLOW, port=port, delay=slow_delay) as slow):
+        yield fast, slow
 
 
 def bare(decision: Decision | Json) -> Json:

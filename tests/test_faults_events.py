@@ -40,8 +40,10 @@ from tests.fault_helpers import (
     NO_BUS,
     SLOW,
     answers,
+    anyio_backend,  # noqa: F401 (a fixture: uvloop)
     bare,
     gateways,
+    loopback_pair,
     make_site,
     scaled,
     site_dir,
@@ -53,15 +55,9 @@ VETH = ("link add d0 type veth peer name d1", "link set d1 up", "link set d0 up"
 
 
 @pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """The daemon runs on uvloop."""
-    return "asyncio", {"use_uvloop": True}
-
-
-@pytest.fixture
 def servers() -> Iterator[tuple[LoopbackServer, LoopbackServer]]:
-    with LoopbackServer(host=FAST) as fast, LoopbackServer(host=SLOW, delay=0.3) as slow:
-        yield fast, slow
+    with loopback_pair(0.3) as pair:
+        yield pair
 
 
 class TickingClock(FakeClock):

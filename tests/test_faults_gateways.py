@@ -24,7 +24,9 @@ from tests.fault_helpers import (
     FAST,
     SLOW,
     answers,
+    anyio_backend,  # noqa: F401 (a fixture: uvloop)
     bare,
+    loopback_pair,
     make_site,
     site_dir,
     stored,
@@ -37,12 +39,6 @@ MARGIN_S = 1.0
 
 Gateway = tuple[str, int]
 Fault = Callable[[ExitStack], list[Gateway]]
-
-
-@pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """The daemon runs on uvloop."""
-    return "asyncio", {"use_uvloop": True}
 
 
 def served(stack: ExitStack, server: AbstractContextManager[LoopbackServer]) -> Gateway:
@@ -134,9 +130,8 @@ def dns_address() -> str:
 
 @pytest.fixture
 def servers() -> Iterator[tuple[LoopbackServer, LoopbackServer]]:
-    with (LoopbackServer(host=FAST, port=443) as fast,
-          LoopbackServer(host=SLOW, port=443, delay=0.1) as slow):
-        yield fast, slow
+    with loopback_pair(0.1, port=443) as pair:
+        yield pair
 
 
 def named_site(directory: Path, dns_address: str, names: list[str], deadline: float,

@@ -52,7 +52,9 @@ from tests.fault_helpers import (
     NO_BUS,
     SLOW,
     answers,
+    anyio_backend,  # noqa: F401 (a fixture: uvloop)
     bare,
+    loopback_pair,
     make_site,
     scaled,
     site_dir,
@@ -65,15 +67,9 @@ WRITE_METHODS = sorted(name for name, m in METHODS.items() if m.write)
 
 
 @pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """The daemon runs on uvloop."""
-    return "asyncio", {"use_uvloop": True}
-
-
-@pytest.fixture
 def servers() -> Iterator[tuple[LoopbackServer, LoopbackServer]]:
-    with LoopbackServer(host=FAST) as fast, LoopbackServer(host=SLOW, delay=0.1) as slow:
-        yield fast, slow
+    with loopback_pair(0.1) as pair:
+        yield pair
 
 
 def setup_for(directory: Path, servers: tuple[LoopbackServer, ...], extra: str = "") -> Setup:

@@ -46,10 +46,12 @@ from tests.fault_helpers import (
     NO_BUS,
     SLOW,
     answers,
+    anyio_backend,  # noqa: F401 (a fixture: uvloop)
     bare,
     fill,
     garble,
     gateways,
+    loopback_pair,
     make_site,
     remount,
     scaled,
@@ -61,16 +63,9 @@ from tests.tlsserver import LoopbackServer
 
 
 @pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, Any]]:
-    """The daemon runs on uvloop."""
-    return "asyncio", {"use_uvloop": True}
-
-
-@pytest.fixture
 def servers() -> Iterator[tuple[LoopbackServer, LoopbackServer]]:
-    """FAST answers at once, SLOW 100 ms late: which one wins is up to the test."""
-    with LoopbackServer(host=FAST) as fast, LoopbackServer(host=SLOW, delay=0.1) as slow:
-        yield fast, slow
+    with loopback_pair(0.1) as pair:
+        yield pair
 
 
 @pytest.fixture
