@@ -15,8 +15,11 @@ keys. So, best source first:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio.to_thread
 
 from ogsd.core.models import Location
 from ogsd.core.uplink import Uplink
@@ -65,6 +68,14 @@ async def read_location(
             domain, *search = link.domains or ("",)
             return Reading(Location(domain, link.servers, tuple(search)),
                            f"systemd-resolved, link {uplink.device}")
+    # The files, off the event loop (a wedged file system must not stall the daemon).
+    return await anyio.to_thread.run_sync(functools.partial(
+        _from_files, sources, uplink=uplink, connected=connected, at_connect=at_connect,
+        uplink_at_connect=uplink_at_connect))
+
+
+def _from_files(sources: Sources, *, uplink: Uplink | None, connected: bool,
+                at_connect: Location | None, uplink_at_connect: Uplink | None) -> Reading:
     try:
         text = _read(sources.resolv_conf or Path("/etc/resolv.conf"))
     except DnsConfigError:
