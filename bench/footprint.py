@@ -151,7 +151,7 @@ def measure(idle_s: float, starts: int, quick: bool) -> list[Row]:
                 "footprint.wakeups_no_logind", "wake-ups without logind (no system bus), "
                 "all threads", "/min", [wakes],
                 note="the sleep watcher's fallback polls CLOCK_BOOTTIME - CLOCK_MONOTONIC "
-                     "every 2 s (ogsd.sleepwatch.POLL_INTERVAL): by design, only where "
+                     "every 2 s (ogsd.sensing.sleepwatch.POLL_INTERVAL): by design, only where "
                      "logind is missing"))
     return rows
 

@@ -29,7 +29,7 @@ CAUSES: dict[str, str] = {
     "decision.new_location_port80_blackholed": (
         "the round itself costs what b's does (same causes), and a port-80 check still "
         "silent when probing is over gets 100 ms more by design "
-        "(ogsd.probe.CHECK_GRACE_AFTER_ROUND_S: a portal answers port 80 in one of its "
+        "(ogsd.probing.probe.CHECK_GRACE_AFTER_ROUND_S: a portal answers port 80 in one of its "
         "round trips, before our three to 443), so c misses by b's margin."),
 }
 
@@ -65,7 +65,7 @@ CHANGES = (
     "idle RSS was 64.4 MB (and the metrics exporter and diag bundle added 2.5 MB since): "
     "pyroute2's message classes are now imported without the package's __init__ (5.7 MB), "
     "prometheus_client and the diag bundle only when used, and a round's freed heap goes "
-    "back to the system (ogsd.rtnl, ogsd.heap)",
+    "back to the system (ogsd.sensing.rtnl, ogsd.daemon.heap)",
     "`status` under 50 clients was 2,969 requests/s with a p99 of 28.9 ms: each request "
     "read the state from SQLite in a thread; it answers from the daemon's own view now "
     "(Persister.known)",

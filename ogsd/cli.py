@@ -15,18 +15,18 @@ from pathlib import Path
 import anyio
 import structlog
 
-from ogsd import logs
-from ogsd.autoproxy import AutoProxy
-from ogsd.config import Config, ConfigError, load_config
+from ogsd.config.load import Config, ConfigError, load_config
+from ogsd.config.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
 from ogsd.core.report import selection_table
 from ogsd.core.triggers import Trigger
-from ogsd.dnsenv import DnsConfigError, resolver_for
-from ogsd.engine import Engine, Outcome, table_rows
-from ogsd.location import Sources
-from ogsd.netstate import NetState
-from ogsd.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
-from ogsd.resolved import ResolvedClient
-from ogsd.store import Store, StoreError, decision_to_dict
+from ogsd.daemon import logs
+from ogsd.daemon.engine import Engine, Outcome, table_rows
+from ogsd.sensing.autoproxy import AutoProxy
+from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
+from ogsd.sensing.location import Sources
+from ogsd.sensing.netstate import NetState
+from ogsd.sensing.resolved import ResolvedClient
+from ogsd.store.store import Store, StoreError, decision_to_dict
 
 EXIT_OK, EXIT_NONE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -120,7 +120,7 @@ def open_store(directory: Path) -> Store:
 
 
 def _store_event(event: str, fields: dict[str, object]) -> None:
-    structlog.get_logger("ogsd.store").warning(event, **fields)
+    structlog.get_logger("ogsd.store.store").warning(event, **fields)
 
 
 def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
@@ -200,8 +200,8 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: D-Bus, netlink and the socket server are not needed by `evaluate`.
-    from ogsd.api import ApiSetupError  # noqa: PLC0415
-    from ogsd.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
+    from ogsd.daemon.api import ApiSetupError  # noqa: PLC0415
+    from ogsd.daemon.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
 
     profiles = tuple(args.profile)
     config = load(args.config, profiles)

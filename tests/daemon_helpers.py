@@ -29,10 +29,10 @@ import anyio.to_thread
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ogsd.config import load_config
-from ogsd.daemon import Daemon, Options
-from ogsd.paths import DB_NAME
-from ogsd.store import Store
+from ogsd.config.load import load_config
+from ogsd.config.paths import DB_NAME
+from ogsd.daemon.daemon import Daemon, Options
+from ogsd.store.store import Store
 
 Json = dict[str, Any]
 T = TypeVar("T")

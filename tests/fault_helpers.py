@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from ogsd.api import decision_json
+from ogsd.config.paths import DB_NAME
 from ogsd.core.models import CacheEntry, Decision
-from ogsd.paths import DB_NAME
-from ogsd.store import DECISION_HISTORY_DEFAULT, Store
+from ogsd.daemon.api import decision_json
+from ogsd.store.store import DECISION_HISTORY_DEFAULT, Store
 from tests.daemon_helpers import (
     Json,
     Setup,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ogsd import cli, ctl
+from ogsd import cli
+from ogsd.client import ctl
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the build reads; copied so the in-tree build (build/, *.egg-info) stays out of ROOT.
@@ -139,6 +140,6 @@ def test_lab_without_its_extra_says_what_to_install(plain: tuple[Venv, str],
 def test_the_openconnect_hook_is_installed_executable(plain: tuple[Venv, str]) -> None:
     # ogsctl connect hands it to openconnect as --script (README "Use with openconnect").
     venv, _ = plain
-    done = venv.run("python", "-c", "import os; from ogsd.connect import HOOK; "
+    done = venv.run("python", "-c", "import os; from ogsd.client.connect import HOOK; "
                                     "print(HOOK.parent.parent.name, os.access(HOOK, os.X_OK))")
     assert (done.returncode, done.stdout) == (0, "ogsd True\n"), done.stderr

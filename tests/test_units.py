@@ -156,7 +156,7 @@ def test_units_agree_with_each_other_and_the_layout() -> None:
 
 def test_no_private_user_namespace_so_admin_uids_can_match() -> None:
     """Issue 8: under PrivateUsers=yes every other user's SO_PEERCRED uid is 65534, and
-    admin_uids/admin_group never match (tests/test_userns.py runs ogsd so)."""
+    admin_uids/admin_group never match (tests/config/test_userns.py runs ogsd so)."""
     svc = parse_unit(SYSTEMD_DIR / "ogsd.service")["Service"]
     assert svc.get("PrivateUsers", ["no"])[-1] in ("no", "false", "0")
 
@@ -184,7 +184,7 @@ except PermissionError:
     pass
 import asyncio, ssl
 import anyio, dbus_fast, defusedxml, dns.resolver, pyroute2, sqlalchemy, structlog, uvloop
-import ogsd.sdnotify
+import ogsd.daemon.sdnotify
 callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)
 assert callback(1) == 2
 async def main() -> None:

@@ -1,6 +1,6 @@
 """Which of a gateway's addresses to probe: RFC 6724 destination address selection.
 
-The adapter (ogsd.addresses) asks the kernel, for each address, which source address it
+The adapter (ogsd.probing.addresses) asks the kernel, for each address, which source address it
 would use (a connected UDP socket sends nothing); None means no route. This orders the
 candidates with the RFC's rules that apply to one host's view: 1 (avoid unusable), 2
 (matching scope), 5 (matching label), 6 (higher precedence), 8 (smaller scope), 9 (longest

@@ -83,7 +83,7 @@ class ProbeSample:
     started_at: float
     # The ranking figure: the kernel's RTT of the TCP handshake (TCP_INFO read as soon as
     # the connect completes), blind to how busy our event loop was; through a proxy, the
-    # CONNECT round trip (ogsd.proxy).
+    # CONNECT round trip (ogsd.probing.proxy).
     network_rtt_ms: float | None = None
     tcp_info_rtt_ms: float | None = None  # kernel's smoothed RTT (TCP_INFO) after the exchange
     exchange_ms: float | None = None  # AnyConnect's figure: SYN to our FIN/ACK

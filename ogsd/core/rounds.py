@@ -49,7 +49,7 @@ class ProbeState:
     connected_ms: float | None = None  # TCP handshake time, once connected
     done: ProbeSample | None = None  # the finished probe (complete or with an error)
     failed: bool = False  # can no longer produce a figure (error, or gateway unresolvable)
-    # Connected and waiting for its TLS turn (ogsd.pacing): the wait is left out of its
+    # Connected and waiting for its TLS turn (ogsd.probing.pacing): the wait is left out of its
     # exchange figure, so its clock is stopped; `started` moves on by the wait after it.
     held: bool = False
 

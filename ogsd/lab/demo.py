@@ -42,7 +42,7 @@ def _config(directory: Path) -> Path:
 
 
 def _ctl(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ogsd.ctl", "--socket", str(socket), *args],
+    return subprocess.run([sys.executable, "-m", "ogsd.client.ctl", "--socket", str(socket), *args],
                           capture_output=True, text=True, timeout=30, check=False)
 
 

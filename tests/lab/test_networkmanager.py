@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ogsd.ctl import Connection
+from ogsd.client.ctl import Connection
 from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import TunnelMode, validate
 from tests.daemon_helpers import START_WAIT, NotifySocket, short_dir
@@ -67,7 +67,7 @@ class Session:
 
     def ogsctl(self, *args: str) -> str:
         """ogsctl as a user runs it, inside (the dispatcher's view)."""
-        argv = [sys.executable, "-m", "ogsd.ctl", *args]
+        argv = [sys.executable, "-m", "ogsd.client.ctl", *args]
         out = self.nm.run(argv).stdout
         self.note(f"$ ogsctl {' '.join(args)}", out)
         return out
@@ -90,7 +90,7 @@ class Session:
     def pointed(self) -> tuple[str, str | None]:
         """(vpn.data gateway, lasthost) as NetworkManager saved them. Read from its keyfile:
         a GetSecrets (nmcli --show-secrets) that overlaps ogsd's may answer with no
-        secrets at all (see ogsd.nm.SECRETS_TRIES)."""
+        secrets at all (see ogsd.nm.connections.SECRETS_TRIES)."""
         saved = configparser.ConfigParser(interpolation=None)
         saved.read(self.nm.keyfile("work"))
         return saved["vpn"]["gateway"], saved["vpn-secrets"].get("lasthost")

@@ -159,8 +159,8 @@ def test_location_change_through_dns_probes_again(lab: Lab, tmp_path: Path,
 
 NETENV_SNIPPET = """
 import json, time, anyio
-from ogsd.dnsenv import read_location
-from ogsd.netenv import network_environment_test
+from ogsd.sensing.dnsenv import read_location
+from ogsd.sensing.netenv import network_environment_test
 location = read_location()
 t0 = time.monotonic()
 result = anyio.run(lambda: network_environment_test(

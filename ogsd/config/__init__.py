@@ -1,0 +1,1 @@
+"""Addresses as admins write them, AnyConnect profiles, ogsd.toml, the runtime layout, user ids."""

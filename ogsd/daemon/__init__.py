@@ -1,0 +1,3 @@
+"""`ogsd run`: wiring and lifecycle, the engine, resume, the socket API server,
+sd_notify, metrics.
+"""

@@ -1,0 +1,485 @@
+"""The Unix-socket API server: newline-delimited JSON requests, authorised by SO_PEERCRED.
+
+Read methods are open to whoever may connect (the socket's mode and group decide);
+state-changing methods need root, the daemon's uid, `admin_uids` or `admin_group`. The
+wire (error codes, the Handler protocol, methods and params, the result shapes) is
+ogsd.wire.api, re-exported here: callers speak of `api.ApiError`, `api.decision_json`.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import json
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections import Counter
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ogsd.config import userns
+from ogsd.wire.api import (
+    BAD_PARAMS,
+    BUSY,
+    FORBIDDEN,
+    INTERNAL,
+    INVALID_REQUEST,
+    METHODS,
+    PARSE_ERROR,
+    TOO_LARGE,
+    UNKNOWN_METHOD,
+    ApiError,
+    Handler,
+    Json,
+    Method,
+    cache_entry_json,
+    decision_json,
+    decode_request,
+    gateway_json,
+    request_error,
+    request_id,
+    resolve_request,
+    selection_json,
+    status_json,
+)
+
+__all__ = [
+    "BAD_PARAMS", "BUSY", "FORBIDDEN", "INTERNAL", "INVALID_REQUEST", "METHODS",
+    "PARSE_ERROR", "TOO_LARGE", "UNKNOWN_METHOD", "ApiError", "ApiServer", "ApiSetupError",
+    "DecisionFeed", "Handler", "Json", "Peer", "cache_entry_json", "decision_json",
+    "gateway_json", "in_group", "peer_credentials", "selection_json", "status_json",
+]
+
+SOCKET_MODE = 0o660  # owner and group: the group is who may read status
+# Sockets accept no connections before listen(), so binding then chmod leaves no window.
+LISTEN_BACKLOG = 64
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+SUN_PATH_MAX = 107
+# A live daemon answers connect() at once; waiting longer only delays a restart.
+STALE_PROBE_TIMEOUT_S = 1.0
+# A client that reads nothing must not hold a send forever, nor a busy notice delay accept.
+BUSY_SEND_TIMEOUT_S = 1.0
+# accept() failing on EMFILE & co is transient; retrying at once would spin a core.
+ACCEPT_BACKOFF_S = 0.1
+# Decisions come minutes apart; 64 unread means the watcher is gone or stuck.
+WATCH_BUFFER = 64
+_PEERCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
+
+log = structlog.get_logger("ogsd.daemon.api")
+
+
+class ApiSetupError(Exception):
+    """The socket could not be set up; the message says which path and why."""
+
+
+class DecisionFeed:
+    """Fans decisions out to `watch` clients; one that falls behind is dropped, never waited on."""
+
+    def __init__(self, buffer: int = WATCH_BUFFER) -> None:
+        self._buffer = buffer
+        self._subscribers: set[MemoryObjectSendStream[Json]] = set()
+
+    @property
+    def subscribers(self) -> int:
+        """How many watchers are attached."""
+        return len(self._subscribers)
+
+    def publish(self, data: Json) -> None:
+        """Queue `data` for every watcher (call from the event loop's thread)."""
+        for sender in list(self._subscribers):
+            try:
+                sender.send_nowait(data)
+            except anyio.WouldBlock:
+                log.warning("api watcher too slow, dropping it", buffer=self._buffer)
+                self._drop(sender)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._drop(sender)
+
+    def close(self) -> None:
+        """End every watch stream (shutdown)."""
+        for sender in list(self._subscribers):
+            self._drop(sender)
+
+    def _drop(self, sender: MemoryObjectSendStream[Json]) -> None:
+        self._subscribers.discard(sender)
+        sender.close()
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Json]]:
+        """Decisions published from now until exit; the iterator ends if dropped."""
+        sender, receiver = anyio.create_memory_object_stream[Json](self._buffer)
+        self._subscribers.add(sender)
+        try:
+            with receiver:
+                yield receiver
+        finally:
+            self._drop(sender)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The connecting process, as the kernel saw it at connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    """SO_PEERCRED of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return Peer(*_PEERCRED.unpack(raw))
+
+
+def in_group(uid: int, gid: int) -> bool:
+    """Whether the user `uid` has `gid` as primary or supplementary group (user database)."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False  # no passwd entry: no group list to be in
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _group_id(name: str, what: str) -> int:
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"{what}: unknown group {name!r}") from None
+
+
+class _Hangup(Exception):
+    """The client went away or stopped reading; end its conversation."""
+
+
+class ApiServer:
+    """Serves `Handler` on a Unix socket it binds at `path`, or on a systemd-passed `sock`."""
+
+    def __init__(self, handler: Handler, *, path: Path | None = None,
+                 sock: socket.socket | None = None, socket_group: str | None = None,
+                 admin_uids: Collection[int] = (), admin_group: str | None = None,
+                 max_clients: int = 32, request_max_bytes: int = 65536,
+                 idle_timeout: float = 300.0, request_timeout: float = 60.0,
+                 max_clients_per_uid: int | None = None, admin_reserved: int = 0) -> None:
+        if (path is None) == (sock is None):
+            raise ValueError("ApiServer needs exactly one of path= or sock=")
+        if path is not None and len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise ValueError(f"socket path too long ({len(os.fsencode(path))} bytes, "
+                             f"max {SUN_PATH_MAX}): {path}")
+        if request_timeout <= 0:
+            raise ValueError(f"request_timeout must be positive, got {request_timeout}")
+        self._handler = handler
+        self._path = path
+        self._sock = sock
+        self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
+        self._request_timeout = request_timeout
+        self._clients = 0
+        self._per_uid: Counter[int] = Counter()  # connections being served, by uid
+        self._generation = 0  # of the admin settings; a connection re-checks when it moves
+        self.configure(admin_uids=admin_uids, admin_group=admin_group,
+                       max_clients=max_clients, request_max_bytes=request_max_bytes,
+                       idle_timeout=idle_timeout, max_clients_per_uid=max_clients_per_uid,
+                       admin_reserved=admin_reserved)
+
+    def configure(self, *, admin_uids: Collection[int] = (), admin_group: str | None = None,
+                  max_clients: int = 32, request_max_bytes: int = 65536,
+                  idle_timeout: float = 300.0, max_clients_per_uid: int | None = None,
+                  admin_reserved: int = 0) -> None:
+        """Who is an admin, and the limits; a reload calls it on the running server. Open
+        connections see the change at their next request. ValueError, and nothing
+        changed, if a value cannot be used."""
+        for label, value in (("max_clients", max_clients),
+                             ("request_max_bytes", request_max_bytes),
+                             ("idle_timeout", idle_timeout)):
+            if value <= 0:
+                raise ValueError(f"{label} must be positive, got {value}")
+        if max_clients_per_uid is not None and max_clients_per_uid <= 0:
+            raise ValueError(f"max_clients_per_uid must be positive, got {max_clients_per_uid}")
+        if admin_reserved < 0:
+            raise ValueError(f"admin_reserved must not be negative, got {admin_reserved}")
+        admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
+        if problem := userns.admin_problem(admin_uids, admin_gid,
+                                           uid_map=userns.read_map("uid"),
+                                           gid_map=userns.read_map("gid")):
+            raise ValueError(problem)
+        self._admin_gid = admin_gid
+        # Never the overflow uid, even as ours (ogsd run as nobody): everyone looks like it.
+        self._admin_uids = frozenset({0, os.getuid(), *admin_uids}) - {userns.OVERFLOW_ID}
+        self._max_clients = max_clients
+        # Non-admins: at most this many connections per uid (watch streams included), and
+        # never the last `admin_reserved` slots, so no reader can lock admins out.
+        self._max_per_uid = max_clients if max_clients_per_uid is None else max_clients_per_uid
+        self._admin_reserved = min(admin_reserved, max_clients - 1)  # one slot for anyone
+        self._max_bytes = request_max_bytes
+        self._idle_timeout = idle_timeout
+        self._generation += 1
+
+    @property
+    def clients(self) -> int:
+        """Connections being served now."""
+        return self._clients
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accept clients until cancelled; `started` once connections are accepted."""
+        identity: tuple[int, int] | None = None
+        if self._sock is not None:
+            sock = self._sock  # systemd owns the path: never unlink it
+        else:
+            assert self._path is not None
+            sock, identity = await anyio.to_thread.run_sync(self._bind, self._path)
+        try:
+            listener = await SocketListener.from_socket(sock)
+            async with listener, anyio.create_task_group() as tg:
+                log.info("api listening", socket=str(self._path or sock.getsockname()))
+                task_status.started()
+                await self._accept_loop(listener, tg)
+        finally:
+            sock.close()
+            if identity is not None:
+                assert self._path is not None
+                _unlink_if_ours(self._path, identity)
+
+    def _bind(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
+        try:
+            return self._bind_or_raise(path)
+        except OSError as exc:
+            raise ApiSetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+
+    def _bind_or_raise(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            # 0750 + group: only the API group may reach the socket; else anyone may look.
+            path.parent.chmod(0o750 if self._group is not None else 0o755)
+            if self._group is not None:
+                os.chown(path.parent, -1, self._group)
+        _remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.fspath(path))
+            os.chmod(path, SOCKET_MODE)
+            if self._group is not None:
+                os.chown(path, -1, self._group)
+            sock.listen(LISTEN_BACKLOG)
+            st = os.lstat(path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, (st.st_dev, st.st_ino)
+
+    async def _accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("api accept failed, backing off", error=str(exc))
+                await anyio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            tg.start_soon(self._client, stream)
+
+    async def _client(self, stream: SocketStream) -> None:
+        async with stream:
+            raw = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
+            try:
+                peer = peer_credentials(raw)
+                admin = await self._is_admin(peer)
+            except OSError:
+                return  # gone before we could ask who it was
+            refusal = self._refusal(peer, admin)
+            if refusal is not None:
+                log.warning("api client refused", uid=peer.uid, pid=peer.pid, reason=refusal)
+                with anyio.move_on_after(BUSY_SEND_TIMEOUT_S), suppress(_Hangup):
+                    await self._send(stream, request_error(
+                        None, BUSY, f"busy: {refusal}; try again"))
+                return
+            self._clients += 1
+            self._per_uid[peer.uid] += 1
+            try:
+                await self._converse(stream, peer, admin)
+            except _Hangup:
+                pass
+            except Exception:  # one client's failure must never stop the server
+                log.exception("api client failed")
+            finally:
+                self._clients -= 1
+                self._per_uid[peer.uid] -= 1
+                if not self._per_uid[peer.uid]:
+                    del self._per_uid[peer.uid]
+
+    def _refusal(self, peer: Peer, admin: bool) -> str | None:
+        """Why this connection may not have a slot now, or None."""
+        if admin:
+            if self._clients >= self._max_clients:
+                return f"{self._clients} clients connected (max_clients={self._max_clients})"
+            return None
+        if self._per_uid[peer.uid] >= self._max_per_uid:
+            return (f"uid {peer.uid} has {self._per_uid[peer.uid]} connections "
+                    f"(max_clients_per_uid={self._max_per_uid})")
+        if self._clients >= self._max_clients - self._admin_reserved:
+            return (f"{self._clients} clients connected (max_clients={self._max_clients}, "
+                    f"{self._admin_reserved} kept for admins)")
+        return None
+
+    async def _converse(self, stream: SocketStream, peer: Peer, admin: bool) -> None:
+        reader = BufferedByteReceiveStream(stream)
+        # Looked up when connected; again on a write request if the settings changed.
+        checked: tuple[int, bool] = (self._generation, admin)
+        while True:
+            try:
+                with anyio.fail_after(self._idle_timeout):
+                    line = await reader.receive_until(b"\n", self._max_bytes)
+            except TimeoutError:
+                log.info("api client idle, closing", uid=peer.uid, pid=peer.pid,
+                         idle_timeout=self._idle_timeout)
+                return
+            except anyio.DelimiterNotFound:
+                too_large = True
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError,
+                    anyio.ClosedResourceError):
+                return  # gone, possibly mid-line: nothing to answer
+            else:
+                too_large = len(line) > self._max_bytes
+            if too_large:
+                # The rest of the line is unread, so the stream cannot be re-synchronised.
+                await self._send(stream, request_error(
+                    None, TOO_LARGE, f"request too large: over {self._max_bytes} bytes"))
+                return
+            if not line.strip():
+                continue
+            req_id = None
+            try:
+                request = decode_request(line)
+                req_id = request_id(request)
+                name, method, params = resolve_request(request)
+            except ApiError as exc:
+                await self._send(stream, request_error(req_id, exc.code, exc.message))
+                continue
+            if method.write:
+                if checked[0] != self._generation:
+                    checked = (self._generation, await self._is_admin(peer))
+                if not checked[1]:
+                    log.warning("api request forbidden", method=name, uid=peer.uid,
+                                pid=peer.pid)
+                    await self._send(stream, request_error(
+                        req_id, FORBIDDEN,
+                        f"forbidden: '{name}' needs admin rights; uid {peer.uid} is not an "
+                        "admin (root, the daemon's user, admin_uids or admin_group)"))
+                    continue
+            if name == "watch":
+                await self._watch(stream, reader, req_id)
+                return
+            await self._send(stream, await self._call(req_id, name, method, params, peer))
+
+    async def _is_admin(self, peer: Peer) -> bool:
+        if peer.uid in self._admin_uids:
+            return True
+        if peer.uid == userns.OVERFLOW_ID:  # a user our namespace cannot tell apart
+            return False
+        if self._admin_gid is None:
+            return False
+        if peer.gid == self._admin_gid:
+            return True
+        # The user database may be remote (LDAP via NSS): keep it off the event loop.
+        return await anyio.to_thread.run_sync(in_group, peer.uid, self._admin_gid)
+
+    async def _call(self, req_id: Any, name: str, method: Method, params: Json,
+                    peer: Peer) -> Json:
+        call = getattr(self._handler, method.attr)
+        result: Any = None
+        try:
+            with anyio.move_on_after(self._request_timeout) as scope:
+                result = await call(**params)
+        except ApiError as exc:
+            return request_error(req_id, exc.code, exc.message)
+        except Exception:
+            log.exception("api handler failed", method=name, uid=peer.uid, pid=peer.pid)
+            return request_error(req_id, INTERNAL, f"internal error in '{name}' (see the ogsd log)")
+        if scope.cancelled_caught:
+            log.warning("api handler timed out", method=name, timeout=self._request_timeout)
+            return request_error(req_id, INTERNAL,
+                          f"'{name}' timed out after {self._request_timeout:g} s")
+        if not isinstance(result, dict):
+            log.error("api handler returned a non-object", method=name,
+                      type=type(result).__name__)
+            return request_error(req_id, INTERNAL, f"internal error in '{name}' (see the ogsd log)")
+        return {"id": req_id, "result": result}
+
+    async def _watch(self, stream: SocketStream, reader: BufferedByteReceiveStream,
+                     req_id: Any) -> None:
+        # Subscribe before replying: every event after the reply reaches the client.
+        async with self._handler.subscribe() as events, anyio.create_task_group() as tg:
+            await self._send(stream, {"id": req_id, "result": {"watching": True}})
+            tg.start_soon(_until_hangup, reader, tg.cancel_scope)
+            async for data in events:
+                await self._send(stream, {"event": "decision", "data": data})
+            tg.cancel_scope.cancel()  # the feed ended (shutdown, or we fell behind)
+
+    async def _send(self, stream: SocketStream, message: Json) -> None:
+        try:
+            payload = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.error("api reply is not JSON", error=str(exc))
+            payload = json.dumps(request_error(message.get("id"), INTERNAL,
+                                        "internal error: reply not encodable"))
+        try:
+            with anyio.fail_after(self._idle_timeout):  # a client that never reads
+                await stream.send(payload.encode() + b"\n")
+        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError) as exc:
+            raise _Hangup from exc
+
+
+
+async def _until_hangup(reader: BufferedByteReceiveStream, scope: anyio.CancelScope) -> None:
+    """Discard what a watcher sends; cancel `scope` when it closes."""
+    try:
+        while True:
+            await reader.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        scope.cancel()
+
+
+def _remove_stale(path: Path) -> None:
+    """Unlink a socket file nobody listens on; refuse if a daemon answers or it is no socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ApiSetupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(STALE_PROBE_TIMEOUT_S)
+    try:
+        probe.connect(os.fspath(path))
+    except ConnectionRefusedError:
+        log.info("api removing stale socket", socket=str(path))
+        path.unlink()
+        return
+    except OSError as exc:
+        raise ApiSetupError(f"cannot tell whether {path} is in use: "
+                            f"{exc.strerror or exc}") from exc
+    finally:
+        probe.close()
+    raise ApiSetupError(f"another ogsd is already listening on {path}")
+
+
+def _unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the socket file unless someone else's has replaced it since."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == identity:
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,3 @@
+"""NetworkManager-openconnect: its connections over D-Bus, and the daemon keeping them
+pointed at the choice.
+"""
