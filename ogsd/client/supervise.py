@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ogsd.client.connect import Plan, fetch_plan, say
-from ogsd.client.ctl import DEFAULT_TIMEOUT_S, EXIT_ERROR, Connection, CtlError
+from ogsd.client.conn import DEFAULT_TIMEOUT_S, EXIT_ERROR, Connection, CtlError
 from ogsd.client.openconnect import Attempt, UserOptions, Verdict, classify, command, plan_attempts
+from ogsd.client.plan import Plan, fetch_plan, say
 from ogsd.client.session import (
     PASS_SIGNALS,
     READ_CHUNK,

@@ -17,8 +17,9 @@ import anyio.from_thread
 import pytest
 
 from ogsd.client import ctl
-from ogsd.client.connect import FALLBACK_NOTE, HOOK
+from ogsd.client.connect import HOOK
 from ogsd.client.openconnect import Attempt
+from ogsd.client.plan import FALLBACK_NOTE
 from ogsd.client.session import Outcome, wait_readable
 from ogsd.client.supervise import WATCH_RETRY_S, Follow, Settings
 from ogsd.core.models import Gateway

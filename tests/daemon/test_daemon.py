@@ -29,7 +29,7 @@ import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
-from ogsd.client.ctl import Connection
+from ogsd.client.conn import Connection
 from ogsd.config.load import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
 from ogsd.daemon.api import BUSY, FORBIDDEN

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ogsd.client.ctl import Connection
+from ogsd.client.conn import Connection
 from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import TunnelMode, validate
 from tests.daemon_helpers import START_WAIT, NotifySocket, short_dir
