@@ -11,7 +11,6 @@ MANIFEST.txt with the reason. Everything is redacted (ogsd.client.redact) before
 from __future__ import annotations
 
 import dataclasses
-import enum
 import glob
 import io
 import itertools
@@ -20,25 +19,21 @@ import os
 import platform
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ogsd import __version__
-from ogsd.client.redact import redact_file, redact_json, redact_text
+from ogsd.core.redact import redact_json, redact_text
+from ogsd.wire.diag import DECISIONS, read_tail
 
 Json = dict[str, Any]
 
-# How many stored decisions the daemon sends: a day of a busy laptop.
-DECISIONS = 50
-# Files are support material, not archives: their last MiB says what happened lately.
-FILE_TAIL_BYTES = 1024 * 1024
 # journald lines of the unit: the daemon's own buffer has 2,000 events since start;
 # the journal also covers the runs before it (a crash, a restart on resume).
 JOURNAL_LINES = 5000
@@ -73,84 +68,6 @@ class Bundle:
 
     def skip(self, what: str, why: str) -> None:
         self.left_out.append((what, why))
-
-
-# --- the daemon's side --------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """Configuration objects as JSON: dataclasses, durations (seconds), paths, enums."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def read_tail(path: Path | str, limit: int = FILE_TAIL_BYTES) -> tuple[str | None, str | None]:
-    """(text, None) with at most the last `limit` bytes, or (None, why it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                f.seek(size - limit)
-            data = f.read(limit)
-    except OSError as exc:
-        return None, exc.strerror or str(exc)
-    return data.decode("utf-8", errors="replace"), None
-
-
-def _unit() -> str | None:
-    """The systemd unit we run in, from our cgroup (`0::/system.slice/ogsd.service`)."""
-    text, _ = read_tail("/proc/self/cgroup", 4096)
-    for line in (text or "").splitlines():
-        name = line.rpartition("/")[2]
-        if name.endswith(".service"):
-            return name
-    return None
-
-
-def log_destination() -> Json:
-    """Where this process's log lines go: journald (and its unit), a file, or elsewhere."""
-    out: Json = {"journal": bool(os.environ.get("JOURNAL_STREAM")),
-                 "invocation_id": os.environ.get("INVOCATION_ID"), "unit": _unit(),
-                 "file": None}
-    try:
-        if stat.S_ISREG(os.fstat(2).st_mode):
-            out["file"] = os.readlink("/proc/self/fd/2")
-    except OSError:
-        pass
-    return out
-
-
-def daemon_report(config: Any, *, status: Json, state: Json, decisions: list[Json],
-                  cache: list[Json], log_events: list[Json], extra: Json) -> Json:
-    """The `diag` method's result: all the daemon knows, redacted, JSON-safe."""
-    files = []
-    for path in getattr(config, "sources", ()):
-        text, error = read_tail(path)
-        files.append({"path": str(path), "text": None if text is None
-                      else redact_file(str(path), text), "error": error})
-    report = {
-        "version": __version__, "pid": os.getpid(), "uid": os.getuid(),
-        "python": sys.version.split()[0], "log": log_destination(),
-        "status": status, "state": state, "config": jsonable(config), "config_files": files,
-        "decisions": decisions, "cache": cache,
-        "log_events": [json.loads(json.dumps(e, default=str)) for e in log_events],
-        **jsonable(extra),
-    }
-    redacted: Json = redact_json(report)
-    return redacted
 
 
 # --- the caller's side --------------------------------------------------------------

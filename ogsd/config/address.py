@@ -131,3 +131,9 @@ def _split_authority(authority: str, shown: str, url: bool) -> tuple[str, str | 
         raise ValueError(f"{shown}: an IPv6 address in a URL goes in brackets "
                          "(https://[2001:db8::1]/), and a port comes once")
     return authority, None  # a bare IPv6 literal has several colons and no port
+
+
+def authority(host: str, port: int, default_port: int) -> str:
+    """`host[:port]` as HTTP writes it (IPv6 literals in brackets)."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == default_port else f"{name}:{port}"

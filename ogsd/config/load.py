@@ -29,6 +29,7 @@ from ogsd.config.profile import (
     load_profiles,
     merge_profiles,
 )
+from ogsd.config.proxy import parse_proxy_url
 from ogsd.config.userns import OVERFLOW_ID
 from ogsd.core.models import Gateway, Metric
 from ogsd.core.settings import (
@@ -42,7 +43,6 @@ from ogsd.core.settings import (
     Settings,
     resolve_enabled,
 )
-from ogsd.probing.proxy import parse_proxy_url
 
 # Where AnyConnect (and its successor, Secure Client) keep profiles. Missing is normal.
 DEFAULT_PROFILE_DIRS = (

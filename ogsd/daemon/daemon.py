@@ -32,7 +32,7 @@ from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.triggers import Trigger
 from ogsd.daemon import api, heap, logs
-from ogsd.daemon.engine import Engine, Write
+from ogsd.daemon.engine import Engine
 from ogsd.daemon.resume import PendingResume, ResumeWaiter
 from ogsd.daemon.sdnotify import Notifier, listen_fds, watchdog_loop
 from ogsd.daemon.whereabouts import Whereabouts
@@ -46,9 +46,9 @@ from ogsd.sensing.netstate import NetState, View
 from ogsd.sensing.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
 from ogsd.sensing.resolved import ResolvedClient
 from ogsd.sensing.sleepwatch import SleepEvent, SleepWatcher
-from ogsd.store.persist import RETRY_S, Persister
-from ogsd.store.schema import state_to_dict
+from ogsd.store.persist import RETRY_S, Persister, Write
 from ogsd.store.store import Store, StoreError
+from ogsd.wire.shapes import state_to_dict
 
 if TYPE_CHECKING:
     from ogsd.daemon.metrics import Metrics
@@ -551,7 +551,7 @@ class Daemon:
         return {"gateways": [api.gateway_json(g) for g in self.config.gateways]}
 
     async def diag(self) -> Json:
-        from ogsd.client import diag  # noqa: PLC0415 (a support bundle, rarely: ~1 MB of imports)
+        from ogsd.daemon import diag  # noqa: PLC0415 (a support bundle, rarely)
 
         decisions, entries, store_error = [], [], None
         try:

@@ -14,13 +14,14 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio.to_thread
 import dns.asyncresolver
 import structlog
 
 from ogsd.config.load import Config
+from ogsd.config.proxy import Proxy, from_environment
 from ogsd.core.cache import check_due, entry_from_decision
 from ogsd.core.models import DaemonState, Decision, Location, ProxyCheck, Reason, Source
 from ogsd.core.report import path_note, row_note, selection_table
@@ -33,8 +34,8 @@ from ogsd.core.selection import (
 )
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.probing.portal import describe
-from ogsd.probing.probe import Resolver, RoundOutcome, probe_round
-from ogsd.probing.proxy import Proxy, from_environment
+from ogsd.probing.probe import DIRECT, ProbePath, RoundOutcome, probe_round
+from ogsd.store.persist import Write
 from ogsd.store.store import Store, StoreError
 
 log = structlog.get_logger("ogsd.daemon.engine")
@@ -47,38 +48,9 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
-class Write:
-    """One store write an evaluation asks for; `run` is blocking (call it in a thread)."""
-
-    what: str
-    run: Callable[[], object]
-    state: Mapping[str, Any] | None = None  # the DaemonState fields it changes
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
     decision: Decision
     writes: tuple[Write, ...]  # in order: cache entry, decision history, state
-
-
-@dataclass(frozen=True, slots=True)
-class ProbePath:
-    """How this evaluation's probes reach the gateways (DESIGN.md §2 "honest measurement").
-
-    With no VPN up: the ordinary way. With a tunnel up: bound to the physical uplink
-    (`device`), names resolved by the physical network's DNS (`resolver`). `blocked`
-    says why no round can be honest now (a tunnel up and no physical uplink known):
-    the previous selection is kept. `cache` False: the location may be out of date, so
-    a round is not cached under it.
-    """
-
-    device: str | None = None
-    resolver: Resolver | None = None
-    blocked: str | None = None
-    cache: bool = True
-
-
-DIRECT = ProbePath()
 
 
 class Engine:

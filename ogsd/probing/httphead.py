@@ -15,6 +15,7 @@ from anyio import EndOfStream
 from anyio.abc import ByteStream
 
 from ogsd import __version__
+from ogsd.config.address import authority
 
 # We only need the status line and headers; cap what a misbehaving server can make us buffer.
 RESPONSE_HEAD_LIMIT = 16 * 1024
@@ -36,12 +37,6 @@ class Head:
     status: int
     reason: str
     location: str | None = None
-
-
-def authority(host: str, port: int, default_port: int) -> str:
-    """`host[:port]` as HTTP writes it (IPv6 literals in brackets)."""
-    name = f"[{host}]" if ":" in host else host
-    return name if port == default_port else f"{name}:{port}"
 
 
 def request(host: str, port: int, default_port: int, *, probe: bool = True) -> bytes:

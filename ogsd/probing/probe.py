@@ -41,6 +41,7 @@ import structlog
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 from anyio.streams.tls import TLSStream
 
+from ogsd.config.proxy import Proxy
 from ogsd.core.addrorder import Candidate
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
 from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
@@ -57,7 +58,7 @@ from ogsd.probing.probesock import (
     tcp_info,
     tls_context,
 )
-from ogsd.probing.proxy import Proxy, ProxyError, open_tunnel
+from ogsd.probing.proxy import ProxyError, open_tunnel
 
 __all__ = ["Resolver", "RoundOutcome", "probe_round"]
 
@@ -71,6 +72,26 @@ CHECK_GRACE_AFTER_ROUND_S = 0.1
 # this many t before the next, so a 3,000-probe round cannot spend the loop on them.
 WATCH_THROTTLE = 3.0
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePath:
+    """How this evaluation's probes reach the gateways (DESIGN.md §2 "honest measurement").
+
+    With no VPN up: the ordinary way. With a tunnel up: bound to the physical uplink
+    (`device`), names resolved by the physical network's DNS (`resolver`). `blocked`
+    says why no round can be honest now (a tunnel up and no physical uplink known):
+    the previous selection is kept. `cache` False: the location may be out of date, so
+    a round is not cached under it.
+    """
+
+    device: str | None = None
+    resolver: Resolver | None = None
+    blocked: str | None = None
+    cache: bool = True
+
+
+DIRECT = ProbePath()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -20,7 +20,6 @@ import anyio.to_thread
 import structlog
 
 from ogsd.core.models import DaemonState
-from ogsd.daemon.engine import Write
 from ogsd.store.store import Store, StoreError
 
 log = structlog.get_logger("ogsd.store.persist")
@@ -32,6 +31,15 @@ RETRY_S = (0.05, 0.25)
 # Writes kept in memory at most (the oldest go first): a disk full for days of periodic
 # rounds must not grow the daemon without bound; 100 is dozens of decisions.
 UNSAVED_MAX = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """One store write an evaluation asks for; `run` is blocking (call it in a thread)."""
+
+    what: str
+    run: Callable[[], object]
+    state: Mapping[str, Any] | None = None  # the DaemonState fields it changes
 
 
 class Persister:

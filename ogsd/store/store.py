@@ -28,32 +28,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ogsd.core.models import CacheEntry, DaemonState, Decision
 from ogsd.store import schema
-from ogsd.store.schema import (
-    decision_from_dict,
-    decision_to_dict,
-    entry_to_dict,
-    location_from_dict,
-    location_to_dict,
-    result_from_dict,
-    result_to_dict,
-    state_from_dict,
-    state_to_dict,
-)
-
-__all__ = [
-    "DECISION_HISTORY_DEFAULT",
-    "Store",
-    "StoreError",
-    "decision_from_dict",
-    "decision_to_dict",
-    "entry_to_dict",
-    "location_from_dict",
-    "location_to_dict",
-    "result_from_dict",
-    "result_to_dict",
-    "state_from_dict",
-    "state_to_dict",
-]
+from ogsd.wire.shapes import state_from_dict, state_to_dict, time_text
 
 EventSink = Callable[[str, dict[str, object]], None]
 _T = TypeVar("_T")
@@ -437,7 +412,7 @@ class Store:
     def delete_expired(self, now: datetime) -> int:
         """Delete entries whose expiry is at or before `now`; how many."""
         try:
-            cutoff = schema.time_text(now, "now")
+            cutoff = time_text(now, "now")
         except ValueError as exc:
             raise StoreError(f"cannot delete expired entries: {exc}") from exc
         entries = schema.cache_entries

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ogsd.core.models import CacheEntry, Decision, Gateway
-from ogsd.store.schema import decision_to_dict, entry_to_dict
+from ogsd.wire.shapes import decision_to_dict, entry_to_dict
 
 Json = dict[str, Any]
 

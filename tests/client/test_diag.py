@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from ogsd.client import ctl
-from ogsd.client.diag import Bundle, _journal, collect, daemon_report, decisions_text
-from ogsd.client.redact import REDACTED, redact_json, redact_text, redact_urls, redact_xml
+from ogsd.client.diag import Bundle, _journal, collect, decisions_text
 from ogsd.config.load import load_config
+from ogsd.core.redact import REDACTED, redact_json, redact_text, redact_urls, redact_xml
+from ogsd.daemon.diag import daemon_report
 from tests.client.test_ctl import _run_flushed
 from tests.daemon.test_api import NOBODY, run_as
 from tests.daemon_helpers import START_WAIT, DaemonProcess, NotifySocket, write_resolv

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from ogsd.daemon import heap
-from ogsd.daemon.engine import Write
-from ogsd.store.persist import Persister
+from ogsd.store.persist import Persister, Write
 from ogsd.store.store import Store
 
 # Freed in the test below: 100 MB in 1 kB blocks (malloc's, not pymalloc's arenas).
