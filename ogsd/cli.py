@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anyio
-import structlog
+if TYPE_CHECKING:
+    from ogsd.config.load import Config
+    from ogsd.core.triggers import Trigger
+    from ogsd.daemon.engine import Engine, Outcome
+    from ogsd.sensing.autoproxy import AutoProxy
+    from ogsd.store.store import Store
 
-from ogsd.config.load import Config, ConfigError, load_config
-from ogsd.config.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
-from ogsd.core.report import selection_table
-from ogsd.core.triggers import Trigger
-from ogsd.daemon import logs
-from ogsd.daemon.engine import Engine, Outcome, table_rows
-from ogsd.sensing.autoproxy import AutoProxy
-from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
-from ogsd.sensing.location import Sources
-from ogsd.sensing.netstate import NetState
-from ogsd.sensing.resolved import ResolvedClient
-from ogsd.store.store import Store, StoreError
-from ogsd.wire.shapes import decision_to_dict
+# Each command imports what it uses when it runs (`ogsd --help` and argument errors cost
+# no more than argparse): SQLAlchemy, dnspython, pyroute2, structlog and anyio are
+# ~0.3 s of imports that `evaluate`, `cache` and `run` need in different parts.
 
 EXIT_OK, EXIT_NONE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -68,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock = _utcnow) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
+    from ogsd.daemon import logs
+
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logs.configure(level=level)
     try:
@@ -92,6 +87,8 @@ def config_path(arg: Path | None, profiles: Sequence[Path]) -> Path | None:
 
     With only `--profile` given no ogsd.toml is needed.
     """
+    from ogsd.config.paths import default_layout
+
     if arg is not None or profiles:
         return arg
     default = default_layout().config
@@ -100,6 +97,10 @@ def config_path(arg: Path | None, profiles: Sequence[Path]) -> Path | None:
 
 def load(path: Path | None, profiles: Sequence[Path]) -> Config:
     """Load the configuration, turning every input error into BadInput; log its warnings."""
+    import structlog
+
+    from ogsd.config.load import ConfigError, load_config
+
     try:
         config = load_config(config_path(path, profiles), profiles)
     except ConfigError as exc:
@@ -110,10 +111,15 @@ def load(path: Path | None, profiles: Sequence[Path]) -> Config:
 
 
 def state_dir(arg: Path | None) -> Path:
+    from ogsd.config.paths import default_layout
+
     return arg if arg is not None else default_layout().state_dir
 
 
 def open_store(directory: Path) -> Store:
+    from ogsd.config.paths import DB_NAME
+    from ogsd.store.store import Store, StoreError
+
     try:
         return Store.open(directory / DB_NAME, on_event=_store_event)
     except (StoreError, OSError) as exc:
@@ -121,10 +127,26 @@ def open_store(directory: Path) -> Store:
 
 
 def _store_event(event: str, fields: dict[str, object]) -> None:
+    import structlog
+
     structlog.get_logger("ogsd.store.store").warning(event, **fields)
 
 
 def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
+    import json
+    import os
+    from contextlib import closing
+
+    import anyio
+
+    from ogsd.core.report import selection_table
+    from ogsd.core.triggers import Trigger
+    from ogsd.daemon.engine import Engine, table_rows
+    from ogsd.sensing.autoproxy import AutoProxy
+    from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
+    from ogsd.store.store import StoreError
+    from ogsd.wire.shapes import decision_to_dict
+
     config = load(args.config, args.profile)
     try:
         resolver = resolver_for(config.resolv_conf)
@@ -157,6 +179,12 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
 
 async def _evaluate_here(engine: Engine, trigger: Trigger, autoproxy: AutoProxy) -> Outcome:
     """One evaluation where we are: the physical location and path, VPN up or not."""
+    import anyio.to_thread
+
+    from ogsd.sensing.location import Sources
+    from ogsd.sensing.netstate import NetState
+    from ogsd.sensing.resolved import ResolvedClient
+
     resolved = ResolvedClient()
     try:
         net = NetState(Sources(engine.config.resolv_conf, resolved=resolved))
@@ -174,6 +202,9 @@ async def _evaluate_here(engine: Engine, trigger: Trigger, autoproxy: AutoProxy)
 
 
 def _cache(args: argparse.Namespace) -> int:
+    import json
+    from contextlib import closing
+
     store = open_store(state_dir(args.state_dir))
     with closing(store):
         if args.action == "clear":
@@ -200,9 +231,15 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Imported here: D-Bus, netlink and the socket server are not needed by `evaluate`.
-    from ogsd.daemon.api import ApiSetupError  # noqa: PLC0415
-    from ogsd.daemon.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
+    import os
+    from contextlib import closing
+
+    import anyio
+
+    from ogsd.config.load import ConfigError, load_config
+    from ogsd.config.paths import LayoutError, default_layout, prepare_socket_dir, user_mode
+    from ogsd.daemon.api import ApiSetupError
+    from ogsd.daemon.daemon import Daemon, Options, socket_activated
 
     profiles = tuple(args.profile)
     config = load(args.config, profiles)
