@@ -28,7 +28,7 @@ from bench.report import render
 
 # In the order they run: the long, CPU-heavy ones last, so a quick look comes first.
 BENCHES = ("decision", "api_load", "accuracy", "netcost", "choice", "scale", "footprint",
-           "round_time")
+           "round_time", "startup")
 WAIT_LOAD_MAX_S = 1800.0
 WAIT_POLL_S = 30.0
 

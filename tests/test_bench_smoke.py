@@ -228,3 +228,16 @@ def test_runner_refuses_an_unknown_benchmark() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "unknown benchmark(s) nope" in done.stderr
+
+
+@pytest.mark.root
+@pytest.mark.lab
+def test_startup_quick_compares_with_a_build_before(tmp_path: Path) -> None:
+    venv = Path(sys.executable).parent.parent  # this build, standing in for an older one
+    rows = run_bench("startup", tmp_path, "--before", str(venv))
+    assert set(rows) == {"startup.help", "startup.status", "startup.evaluate_cached",
+                         "startup.evaluate_round", "startup.ready", "startup.rss"}
+    for row in rows.values():
+        assert row["median"] > 0
+        assert row["note"].startswith("before: "), row
+    assert rows["startup.help"]["n"] == 2
