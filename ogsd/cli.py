@@ -15,7 +15,8 @@ from pathlib import Path
 import anyio
 import structlog
 
-from ogsd.config.load import Config, ConfigError, load_config
+from ogsd.config.load import load_config
+from ogsd.config.model import Config, ConfigError
 from ogsd.config.paths import DB_NAME, LayoutError, default_layout, prepare_socket_dir, user_mode
 from ogsd.core.report import selection_table
 from ogsd.core.triggers import Trigger

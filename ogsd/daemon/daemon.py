@@ -27,7 +27,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ogsd.config.address import split_address
-from ogsd.config.load import RESTART_KEYS, Config, ConfigError, changed_keys
+from ogsd.config.model import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.triggers import Trigger

@@ -20,7 +20,7 @@ import anyio.to_thread
 import dns.asyncresolver
 import structlog
 
-from ogsd.config.load import Config
+from ogsd.config.model import Config
 from ogsd.config.proxy import Proxy, from_environment
 from ogsd.core.cache import check_due, entry_from_decision
 from ogsd.core.models import DaemonState, Decision, Location, ProxyCheck, Reason, Source
