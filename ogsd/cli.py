@@ -27,7 +27,8 @@ from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
 from ogsd.sensing.location import Sources
 from ogsd.sensing.netstate import NetState
 from ogsd.sensing.resolved import ResolvedClient
-from ogsd.store.store import Store, StoreError
+from ogsd.store.files import StoreError
+from ogsd.store.store import Store
 from ogsd.wire.shapes import decision_to_dict
 
 EXIT_OK, EXIT_NONE, EXIT_BAD_INPUT = 0, 1, 2
