@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ogsd.config.load import Config
+    from ogsd.config.model import Config
     from ogsd.core.triggers import Trigger
     from ogsd.daemon.engine import Engine, Outcome
     from ogsd.sensing.autoproxy import AutoProxy
@@ -99,7 +99,8 @@ def load(path: Path | None, profiles: Sequence[Path]) -> Config:
     """Load the configuration, turning every input error into BadInput; log its warnings."""
     import structlog
 
-    from ogsd.config.load import ConfigError, load_config
+    from ogsd.config.load import load_config
+    from ogsd.config.model import ConfigError
 
     try:
         config = load_config(config_path(path, profiles), profiles)
@@ -118,7 +119,8 @@ def state_dir(arg: Path | None) -> Path:
 
 def open_store(directory: Path) -> Store:
     from ogsd.config.paths import DB_NAME
-    from ogsd.store.store import Store, StoreError
+    from ogsd.store.files import StoreError
+    from ogsd.store.store import Store
 
     try:
         return Store.open(directory / DB_NAME, on_event=_store_event)
@@ -144,7 +146,7 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     from ogsd.daemon.engine import Engine, table_rows
     from ogsd.sensing.autoproxy import AutoProxy
     from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
-    from ogsd.store.store import StoreError
+    from ogsd.store.files import StoreError
     from ogsd.wire.shapes import decision_to_dict
 
     config = load(args.config, args.profile)
@@ -236,7 +238,8 @@ def _run(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from ogsd.config.load import ConfigError, load_config
+    from ogsd.config.load import load_config
+    from ogsd.config.model import ConfigError
     from ogsd.config.paths import LayoutError, default_layout, prepare_socket_dir, user_mode
     from ogsd.daemon.api import ApiSetupError
     from ogsd.daemon.daemon import Daemon, Options, socket_activated

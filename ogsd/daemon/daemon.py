@@ -27,7 +27,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ogsd.config.address import split_address
-from ogsd.config.load import RESTART_KEYS, Config, ConfigError, changed_keys
+from ogsd.config.model import RESTART_KEYS, Config, ConfigError, changed_keys
 from ogsd.core.cache import expiry
 from ogsd.core.models import DaemonState, Decision, Location, Reason, Source
 from ogsd.core.triggers import Trigger
@@ -46,8 +46,9 @@ from ogsd.sensing.netstate import NetState, View
 from ogsd.sensing.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
 from ogsd.sensing.resolved import ResolvedClient
 from ogsd.sensing.sleepwatch import SleepEvent, SleepWatcher
+from ogsd.store.files import StoreError
 from ogsd.store.persist import RETRY_S, Persister, Write
-from ogsd.store.store import Store, StoreError
+from ogsd.store.store import Store
 from ogsd.wire.shapes import state_to_dict
 
 if TYPE_CHECKING:

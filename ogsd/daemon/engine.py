@@ -20,7 +20,7 @@ import anyio.to_thread
 import dns.asyncresolver
 import structlog
 
-from ogsd.config.load import Config
+from ogsd.config.model import Config
 from ogsd.config.proxy import Proxy, from_environment
 from ogsd.core.cache import check_due, entry_from_decision
 from ogsd.core.models import DaemonState, Decision, Location, ProxyCheck, Reason, Source
@@ -35,8 +35,9 @@ from ogsd.core.selection import (
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.probing.portal import describe
 from ogsd.probing.probe import DIRECT, ProbePath, RoundOutcome, probe_round
+from ogsd.store.files import StoreError
 from ogsd.store.persist import Write
-from ogsd.store.store import Store, StoreError
+from ogsd.store.store import Store
 
 log = structlog.get_logger("ogsd.daemon.engine")
 

@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 
 from ogsd import __version__
-from ogsd.config.load import MetricsConfig
+from ogsd.config.model import MetricsConfig
 from ogsd.core.models import CANCELLED, DaemonState, GatewayResult
 from ogsd.probing.probe import RoundOutcome
 

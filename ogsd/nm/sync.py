@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from ogsd.config.load import Config, NetworkManagerConfig
+from ogsd.config.model import Config, NetworkManagerConfig
 from ogsd.core.models import Gateway
 from ogsd.nm.connections import Connection, NetworkManager, NmError, choose
 

@@ -20,7 +20,8 @@ import anyio.to_thread
 import structlog
 
 from ogsd.core.models import DaemonState
-from ogsd.store.store import Store, StoreError
+from ogsd.store.files import StoreError
+from ogsd.store.store import Store
 
 log = structlog.get_logger("ogsd.store.persist")
 

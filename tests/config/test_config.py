@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.config.load import (
-    DEFAULT_PROFILE_DIRS,
-    Config,
-    ConfigError,
-    DaemonConfig,
-    changed_keys,
-    load_config,
-)
+from ogsd.config.load import DEFAULT_PROFILE_DIRS, load_config
+from ogsd.config.model import Config, ConfigError, DaemonConfig, changed_keys
 from ogsd.core.models import Gateway, Metric
 from ogsd.core.settings import Settings
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ogsd.config.load import Config, ConfigError, load_config
+from ogsd.config.load import load_config
+from ogsd.config.model import Config, ConfigError
 from tests.fault_helpers import scaled
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import anyio.to_thread
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ogsd.config.load import ConfigError, load_config
+from ogsd.config.load import load_config
+from ogsd.config.model import ConfigError
 from ogsd.core.models import DaemonState
 from ogsd.daemon.api import DecisionFeed
 from ogsd.daemon.daemon import Options

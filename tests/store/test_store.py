@@ -31,7 +31,8 @@ from ogsd.core.models import (
     Source,
 )
 from ogsd.store import schema as store_schema
-from ogsd.store.store import DECISION_HISTORY_DEFAULT, Store, StoreError
+from ogsd.store.files import StoreError
+from ogsd.store.store import DECISION_HISTORY_DEFAULT, Store
 from ogsd.wire.shapes import (
     decision_from_dict,
     decision_to_dict,
