@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DB_NAME = "ogsd.db"
 SOCKET_NAME = "ogsd.sock"
@@ -29,8 +29,9 @@ class LayoutError(Exception):
     """A directory ogsd must not use; the message says which and why, in one line."""
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(NamedTuple):
+    # A NamedTuple, not a dataclass: ogsctl reads the layout, and dataclasses (with
+    # inspect) would be its largest import.
     config: Path
     state_dir: Path
     socket: Path

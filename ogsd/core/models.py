@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from ogsd.core.report import CANCELLED
+
 
 class Metric(StrEnum):
     """Which per-probe figure ranks gateways."""
@@ -65,10 +67,6 @@ class Gateway:
     def label(self) -> str:
         """The name users know the gateway by."""
         return self.name or self.host
-
-
-# Error prefix of a probe stopped because its gateway could no longer win the round.
-CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ogsd.core.models import CANCELLED
-
+# Error prefix of a probe stopped because its gateway could no longer win the round.
+# Here, not in ogsd.core.models, so ogsctl prints tables without loading the models.
+CANCELLED = "cancelled"
 HEADER = "*** OGS Selection Results ***"
 HOST_WIDTH = 40
 

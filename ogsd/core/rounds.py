@@ -33,7 +33,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ogsd.core.models import CANCELLED, Metric, ProbeSample
+from ogsd.core.models import Metric, ProbeSample
+from ogsd.core.report import CANCELLED
 
 # An exchange is the TCP handshake, TLS 1.3's one round trip (1.2's two) and the request's,
 # each waiting for the previous answer: at least 3 round trips. Two are counted, so a

@@ -34,7 +34,8 @@ from prometheus_client import (
 
 from ogsd import __version__
 from ogsd.config.model import MetricsConfig
-from ogsd.core.models import CANCELLED, DaemonState, GatewayResult
+from ogsd.core.models import DaemonState, GatewayResult
+from ogsd.core.report import CANCELLED
 from ogsd.probing.probe import RoundOutcome
 
 log = structlog.get_logger("ogsd.daemon.metrics")
