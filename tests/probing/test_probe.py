@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from ogsd import __version__
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample
 from ogsd.core.rounds import ProbeState
-from ogsd.probing.probe import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, _Round, probe_round
+from ogsd.probing.round import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, _Round, probe_round
 from tests.tlsserver import LoopbackServer, blackholed_port, refused_port
 
 N, X = Metric.NETWORK, Metric.EXCHANGE
@@ -414,14 +414,14 @@ def test_no_gateways_is_an_empty_round() -> None:
 
 EMFILE_SNIPPET = """
 import json, resource, anyio
-from ogsd.probing import probe
+from ogsd.probing import round as probing_round
 from ogsd.core.models import Gateway, Metric
 resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
-probe.socket_budget = lambda wanted: wanted  # pretend there is room: EMFILE must be met
+probing_round.socket_budget = lambda wanted: wanted  # pretend there is room: EMFILE must be met
 ports = json.loads(input())
 gateways = [Gateway(host="127.0.0.1", port=p) for p in ports]
-out = anyio.run(lambda: probe.probe_round(gateways, metric=Metric.NETWORK, deadline=5.0,
-                                          settle_early=False))
+out = anyio.run(lambda: probing_round.probe_round(gateways, metric=Metric.NETWORK,
+                                                  deadline=5.0, settle_early=False))
 print(json.dumps([[s.error for s in r.samples] for r in out.results]))
 """
 
