@@ -1,17 +1,8 @@
 """Probe rounds: every gateway, N probes each, each on its own TCP connection, paced.
 
-A probe is AnyConnect's: connect to port 443, TLS handshake, one minimal HTTPS request,
-read the response head, close. Two figures per probe:
-- network (ranks by default): the kernel's RTT of the TCP handshake, read with TCP_INFO
-  as soon as the connect completes. It is the SYN/ACK's own sample (the first sample sets
-  srtt to it), so it does not grow with the event loop's latency: under a round of 100
-  TLS handshakes, the loop saw a 30 ms gateway at 35-68 ms, the kernel at 30.1 ms.
-- exchange: SYN to our FIN, as the loop sees it (AnyConnect's figure, for captures).
-Through a proxy (ogsd.probing.proxy) the network figure is the CONNECT round trip.
-
-The certificate is deliberately not verified: a probe carries no credentials (no cookie,
-no auth header, no client certificate) and only the timing of the answer is used, never
-its content. The VPN client verifies the gateway when it actually connects.
+A probe (ogsd.probing.probe) is AnyConnect's: one minimal HTTPS exchange with port 443, on
+its own connection. A gateway not cached also gets AnyConnect's plain-HTTP request to port
+80 (ogsd.probing.portal): a captive portal or proxy answering it ends the round.
 
 Pacing (ogsd.probing.pacing): a round holds at most `in_flight` sockets at once (probes, port-80
 checks, DNS lookups), served in gateway order, each gateway's probes together; TLS
@@ -21,16 +12,14 @@ exchange figure), and an unstarted probe blocks settlement (it could be anything
 probe that can no longer beat the best is dropped at once, freeing its socket.
 
 The round stops when `ogsd.core.rounds.settle_time` says no unfinished probe can change
-the winner (after asking the kernel about connects the loop has not yet seen), when every
-probe has finished, when a port-80 check meets a captive portal, or at the deadline.
+the winner (ogsd.probing.standings watches), when every probe has finished, when a port-80
+check meets a captive portal, or at the deadline.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -38,27 +27,18 @@ from dataclasses import dataclass
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
-from anyio.streams.tls import TLSStream
+from anyio.abc import SocketStream, TaskGroup
 
 from ogsd.config.proxy import Proxy
 from ogsd.core.addrorder import Candidate
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
-from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
+from ogsd.core.rounds import ProbeState, cancel_reason
 from ogsd.probing import portal
 from ogsd.probing.addresses import ResolveError, Resolver, resolve
-from ogsd.probing.httphead import HeadError, parse_head, read_head, request
 from ogsd.probing.pacing import EXCHANGE_TLS_TURNS, IN_FLIGHT_MAX, TLS_TURNS, Turns, socket_budget
-from ogsd.probing.probesock import (
-    TCP_ESTABLISHED,
-    describe_error,
-    established,
-    smoothed_rtt_ms,
-    syn,
-    tcp_info,
-    tls_context,
-)
-from ogsd.probing.proxy import ProxyError, open_tunnel
+from ogsd.probing.probe import Prober
+from ogsd.probing.probesock import describe_error, established, syn
+from ogsd.probing.standings import Standings
 
 __all__ = ["Resolver", "RoundOutcome", "probe_round"]
 
@@ -68,9 +48,6 @@ log = structlog.get_logger("ogsd.probing.probe")
 # answers port 80 in about one of its round trips, sooner than our 443 exchanges through
 # it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
 CHECK_GRACE_AFTER_ROUND_S = 0.1
-# The settle watcher's passes are O(probes): after a pass that took t, wait at least
-# this many t before the next, so a 3,000-probe round cannot spend the loop on them.
-WATCH_THROTTLE = 3.0
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 
 
@@ -106,10 +83,6 @@ class RoundOutcome:
     # A port-80 check met a captive portal or authenticating proxy: (host, its answer).
     # The figures are then the portal's: do not rank or cache them.
     portal: tuple[str, ProxyCheck] | None = None
-
-
-class _ProbeError(Exception):
-    """A probe failed; the message is what gets recorded."""
 
 
 async def probe_round(
@@ -152,7 +125,7 @@ async def probe_round(
         async with anyio.create_task_group() as checks:
             async with anyio.create_task_group() as probes:
                 round_.probes_scope = probes.cancel_scope
-                probes.start_soon(round_.watch)
+                probes.start_soon(round_.standings.watch, probes.cancel_scope)
                 for gateway in gateways:  # admitted in order as sockets free up
                     check = _key(gateway) in proxy_check_for or gateway.host in proxy_check_for
                     await round_.slots.acquire_on_behalf_of(token := object())
@@ -166,7 +139,7 @@ async def probe_round(
     elapsed = time.perf_counter() - t0
     for result in results:
         _log_result(result, probe_count)
-    settled_early = round_.settled_early and not deadline_hit
+    settled_early = round_.standings.settled_early and not deadline_hit
     log.info("OGS probe round finished", elapsed_s=round(elapsed, 4),
              settled_early=settled_early, deadline_hit=deadline_hit,
              portal=round_.portal[0] if round_.portal else None, in_flight=round_.limit)
@@ -176,24 +149,24 @@ async def probe_round(
 
 
 class _Round:
-    """The mutable state of one round; tasks report into it, `watch` decides when to stop."""
+    """The mutable state of one round; tasks report into it, its `standings` decide when
+    to stop."""
 
     def __init__(self, *, metric: Metric, probe_count: int, probe_timeout: float,
                  resolver: Resolver | None, clock: Callable[[], float], hosts: list[str],
                  settle_early: bool, device: str | None, proxy: Proxy | None,
                  in_flight: int) -> None:
-        self.metric = metric
-        self.probe_timeout = probe_timeout
         self.resolver = resolver
         self.clock = clock
-        self.settle_early = settle_early
         self.device = device
         self.proxy = proxy
-        self.proxy_address: str | None = None
         self.limit = in_flight
         self.slots = anyio.CapacityLimiter(in_flight)
-        self.turns = Turns(TLS_TURNS if metric is Metric.NETWORK else EXCHANGE_TLS_TURNS)
-        self.states = {h: [ProbeState()] * probe_count for h in hosts}
+        self.standings = Standings(metric=metric, probe_count=probe_count, hosts=hosts,
+                                   settle_early=settle_early)
+        self.prober = Prober(
+            standings=self.standings, timeout=probe_timeout, proxy=proxy, syn=self._syn_paced,
+            turns=Turns(TLS_TURNS if metric is Metric.NETWORK else EXCHANGE_TLS_TURNS))
         self.walls: dict[str, list[float | None]] = {h: [None] * probe_count for h in hosts}
         self.addresses: dict[str, str] = {}
         self.proxied: set[str] = set()
@@ -203,91 +176,7 @@ class _Round:
         self.released = anyio.Event()  # a socket slot was given back
         self.check_finished = anyio.Event()
         self.portal: tuple[str, ProxyCheck] | None = None
-        self.running: dict[tuple[str, int], anyio.CancelScope] = {}
-        self.connecting: dict[tuple[str, int], socket.socket] = {}
-        self.dropped: dict[tuple[str, int], str] = {}
-        self.settled_early = False
-        self.leader: tuple[str, float] | None = None  # == best(self.states, self.metric)
         self.probes_scope = anyio.CancelScope()
-        self.changed = anyio.Event()
-        self.tls_context = tls_context()
-
-    def set_state(self, key: str, index: int, state: ProbeState) -> None:
-        self.states[key][index] = state
-        figure = state.figure(self.metric)
-        if figure is not None and (self.leader is None or figure < self.leader[1]):
-            self.leader = (key, figure)  # best(), kept as probes finish: O(1), not O(probes)
-        self.changed.set()
-
-    # --- settlement ---------------------------------------------------------------
-
-    async def watch(self) -> None:
-        """Stop the round once it is settled; drop probes that cannot win; re-check on
-        every change or when due."""
-        while True:
-            self.changed = anyio.Event()
-            began = time.perf_counter()
-            at = self._settle_pass(began)
-            if at == -math.inf:
-                self.probes_scope.cancel()  # settled (or all finished)
-                return
-            cost = time.perf_counter() - began
-            if cost * WATCH_THROTTLE > 0.001:
-                await anyio.sleep(cost * WATCH_THROTTLE)
-            wait = math.inf if at is None else max(0.0, at - time.perf_counter())
-            with anyio.move_on_after(wait):
-                await self.changed.wait()
-
-    def _settle_pass(self, now: float) -> float | None:
-        """One look: -inf when the round is over, else when to look again (None: on change)."""
-        if all(p.finished for probes in self.states.values() for p in probes):
-            return -math.inf
-        if not self.settle_early:
-            return None
-        at = settle_time(self.states, self.metric, self.leader)
-        if at is not None and now >= at:
-            if self._sweep():
-                return 0.0  # the kernel knew of connects we had not seen: look again
-            self.settled_early = True
-            return -math.inf
-        self._drop_hopeless(now)
-        return at
-
-    def _sweep(self) -> bool:
-        """Record connects the kernel has completed but the loop has not yet reported."""
-        seen = False
-        for (key, index), sock in list(self.connecting.items()):
-            state, rtt_us = tcp_info(sock)
-            current = self.states[key][index]
-            if state == TCP_ESTABLISHED and rtt_us and current.connected_ms is None:
-                self.states[key][index] = ProbeState(current.started, rtt_us / 1000)
-                seen = True
-        return seen
-
-    def _drop_hopeless(self, now: float) -> None:
-        """Cancel running probes that can no longer come in under the best figure."""
-        leader = self.leader
-        if leader is None:
-            return
-        doomed = self._doomed(leader[1], now)
-        if doomed and self._sweep():  # a connect the loop missed may save some of them
-            doomed = self._doomed(leader[1], now)
-        reason = cancel_reason(self.states, self.metric, leader) if doomed else ""
-        for probe in doomed:
-            self.settled_early = True  # the round ends sooner than its slowest probe
-            self.dropped[probe] = reason
-            self.running.pop(probe).cancel()
-
-    def _doomed(self, figure: float, now: float) -> list[tuple[str, int]]:
-        doomed = []
-        for key, index in self.running:
-            state = self.states[key][index]
-            if state.finished or state.started is None:
-                continue
-            until = state.beatable_until(figure, self.metric)
-            if until is None or until <= now:
-                doomed.append((key, index))
-        return doomed
 
     async def checks_done(self) -> None:
         """Return once no port-80 check is running."""
@@ -315,8 +204,8 @@ class _Round:
             except (ResolveError, OSError) as exc:
                 why = exc if isinstance(exc, ResolveError) else describe_error(exc, "resolving")
                 self.errors[key] = f"cannot resolve {host}: {why}"
-                for index in range(len(self.states[key])):
-                    self.set_state(key, index, ProbeState(failed=True))
+                for index in range(len(self.standings.states[key])):
+                    self.standings.set_state(key, index, ProbeState(failed=True))
                 return
             target = self.addresses[key] = candidates[0].destination
             if checks is not None:
@@ -324,7 +213,7 @@ class _Round:
                 self.check_started[key] = time.perf_counter()
                 await self.slots.acquire_on_behalf_of(token := object())
                 checks.start_soon(self.port80_check, key, host, target, http_port, token)
-        for index in range(len(self.states[key])):
+        for index in range(len(self.standings.states[key])):
             await self.slots.acquire_on_behalf_of(token := object())
             probes.start_soon(self.probe, gateway, target, index, token)
 
@@ -376,94 +265,26 @@ class _Round:
 
     async def probe(self, gateway: Gateway, address: str | None, index: int,
                     token: object) -> None:
-        key = _key(gateway)
+        key, standings = _key(gateway), self.standings
         try:
             with anyio.CancelScope() as scope:
-                self.running[(key, index)] = scope
-                sample = await self._probe(gateway, address, index)
+                standings.running[(key, index)] = scope
+                wall = self.walls[key][index] = self.clock()
+                sample = await self.prober.probe(gateway, key, index, address, wall)
         finally:
-            self.running.pop((key, index), None)
-            self.connecting.pop((key, index), None)
+            standings.running.pop((key, index), None)
+            standings.connecting.pop((key, index), None)
             self._release(token)
         if scope.cancelled_caught:  # dropped: it could not beat the best any more
-            state = self.states[key][index]
+            state = standings.states[key][index]
             sample = ProbeSample(self.walls[key][index] or 0.0, state.connected_ms,
-                                 error=self.dropped.get((key, index), "cancelled"))
-        state = self.states[key][index]
-        self.set_state(key, index, ProbeState(state.started, state.connected_ms, done=sample,
-                                              failed=sample.error is not None))
+                                 error=standings.dropped.get((key, index), "cancelled"))
+        state = standings.states[key][index]
+        standings.set_state(key, index, ProbeState(state.started, state.connected_ms,
+                                                   done=sample, failed=sample.error is not None))
 
-    async def _probe(self, gateway: Gateway, address: str | None, index: int) -> ProbeSample:
-        host, key = gateway.host, _key(gateway)
-        self.walls[key][index] = self.clock()
-        t0 = time.perf_counter_ns()  # replaced by the SYN's own time once it is sent
-        network_ms: float | None = None
-        tcp_info_ms: float | None = None
-        held_s = 0.0
-        phase = "connecting"
-        turn = False
-        try:
-            with anyio.fail_after(self.probe_timeout) as timeout:
-                sock, t0 = await self._syn_paced(address, gateway.port)
-                self.set_state(key, index, ProbeState(started=t0 / 1e9))
-                if address is not None:  # the sweep reads a direct connect's kernel RTT
-                    self.connecting[(key, index)] = sock
-                t1 = await established(sock)
-                self.connecting.pop((key, index), None)
-                _, rtt_us = tcp_info(sock)  # the SYN/ACK's own sample, before any data
-                stream: SocketStream | None = None
-                tls: TLSStream | None = None
-                try:
-                    if address is None:  # through the proxy: its CONNECT round trip ranks
-                        phase = "proxy CONNECT"
-                        stream = await SocketStream.from_socket(sock)
-                        sent = time.perf_counter_ns()
-                        await open_tunnel(stream, _required(self.proxy), host, gateway.port)
-                        network_ms = (time.perf_counter_ns() - sent) / 1e6
-                    else:
-                        network_ms = rtt_us / 1000 if rtt_us else (t1 - t0) / 1e6
-                    self.set_state(key, index, ProbeState(t0 / 1e9, network_ms, held=True))
-                    phase = "waiting for a TLS turn"
-                    held_s = await self.turns.take(network_ms)
-                    turn = True
-                    timeout.deadline += held_s  # our queue is not the gateway's slowness
-                    self.set_state(key, index, ProbeState(t0 / 1e9 + held_s, network_ms))
-                    phase = "TLS handshake"
-                    stream = stream or await SocketStream.from_socket(sock)
-                    tls = await TLSStream.wrap(stream, hostname=host,  # SNI (none for an IP)
-                                               ssl_context=self.tls_context,
-                                               standard_compatible=False)
-                    phase = "waiting for the response"
-                    await tls.send(request(host, gateway.port, 443))
-                    parse_head(await read_head(tls))
-                    raw = tls.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
-                    tcp_info_ms = smoothed_rtt_ms(raw)
-                finally:
-                    if turn:
-                        self.turns.give()
-                    opened = tls or stream
-                    if opened is not None:
-                        await opened.aclose()
-                    else:
-                        sock.close()
-            exchange_ms = (time.perf_counter_ns() - t0) / 1e6 - held_s * 1000
-            error = None
-        except TimeoutError:
-            exchange_ms, error = None, f"timeout after {self.probe_timeout:g} s ({phase})"
-        except (OSError, ssl.SSLError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            exchange_ms, error = None, describe_error(exc, phase)
-        except (_ProbeError, ProxyError, HeadError) as exc:
-            exchange_ms, error = None, str(exc)
-        except Exception as exc:  # a bug in one probe must not take the round down
-            log.exception("OGS probe failed unexpectedly", host=host)
-            exchange_ms, error = None, f"unexpected error: {exc!r} ({phase})"
-        return ProbeSample(started_at=self.walls[key][index] or 0.0, network_rtt_ms=network_ms,
-                           tcp_info_rtt_ms=tcp_info_ms, exchange_ms=exchange_ms, error=error)
-
-    async def _syn_paced(self, address: str | None, port: int) -> tuple[socket.socket, int]:
-        """`_syn`, waiting for sockets to free up when the process runs out of them."""
-        if address is None:
-            address, port = await self._proxy_address(), _required(self.proxy).port
+    async def _syn_paced(self, address: str, port: int) -> tuple[socket.socket, int]:
+        """`syn`, waiting for sockets to free up when the process runs out of them."""
         while True:
             try:
                 return syn(address, port, self.device)
@@ -472,28 +293,18 @@ class _Round:
                     raise
             await self._fewer_sockets()
 
-    async def _proxy_address(self) -> str:
-        proxy = _required(self.proxy)
-        if self.proxy_address is None:
-            try:
-                infos = await anyio.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise _ProbeError(f"cannot resolve proxy {proxy.label}: {exc}") from None
-            self.proxy_address = str(infos[0][4][0])
-        return self.proxy_address
-
     # --- the outcome ------------------------------------------------------------------
 
     def result(self, gateway: Gateway, deadline_hit: bool) -> GatewayResult:
         """The gateway's result once the round has stopped, unfinished probes as errors."""
-        host, key = gateway.host, _key(gateway)
+        host, key, standings = gateway.host, _key(gateway), self.standings
         if self.portal is not None:
             stopped = f"stopped: {portal.describe(*self.portal)}"
         else:
-            stopped = "deadline" if deadline_hit else cancel_reason(self.states, self.metric,
-                                                                    self.leader)
+            stopped = "deadline" if deadline_hit else cancel_reason(
+                standings.states, standings.metric, standings.leader)
         samples = []
-        for state, wall in zip(self.states[key], self.walls[key], strict=True):
+        for state, wall in zip(standings.states[key], self.walls[key], strict=True):
             if state.done is not None:
                 samples.append(state.done)
             elif state.started is not None and wall is not None:
@@ -512,12 +323,6 @@ class _Round:
                                                    elapsed_ms=elapsed)
         return GatewayResult(host, self.addresses.get(key), tuple(samples), error, check,
                              self.proxy.label if key in self.proxied and self.proxy else None)
-
-
-def _required(proxy: Proxy | None) -> Proxy:
-    if proxy is None:
-        raise AssertionError("a proxied probe without a proxy")  # pragma: no cover
-    return proxy
 
 
 def _key(gateway: Gateway) -> str:
