@@ -201,8 +201,8 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     # Imported here: D-Bus, netlink and the socket server are not needed by `evaluate`.
-    from ogsd.daemon.api import ApiSetupError  # noqa: PLC0415
     from ogsd.daemon.daemon import Daemon, Options, socket_activated  # noqa: PLC0415
+    from ogsd.daemon.socketfile import ApiSetupError  # noqa: PLC0415
 
     profiles = tuple(args.profile)
     config = load(args.config, profiles)
