@@ -33,7 +33,7 @@ from typing import Any
 from bench.common import BenchError, Row, lab_name, parser, run
 from bench.labdaemon import LabDaemon, Watch, gateway_config
 from ogsd.lab import Lab, LabSpec
-from ogsd.probing.probe import CHECK_GRACE_AFTER_ROUND_S
+from ogsd.probing.round import CHECK_GRACE_AFTER_ROUND_S
 
 RUNS = 20
 QUICK_RUNS = 1

@@ -31,7 +31,7 @@ from ogsd.core.models import Gateway, Metric
 from ogsd.core.selection import rank
 from ogsd.lab import GatewaySpec, Lab, LabSpec
 from ogsd.lab.spec import validate
-from ogsd.probing.probe import probe_round
+from ogsd.probing.round import probe_round
 
 NEAR = "198.18.100.1"  # outside the client subnet and the VPN range
 

@@ -29,7 +29,7 @@ CAUSES: dict[str, str] = {
     "decision.new_location_port80_blackholed": (
         "the round itself costs what b's does (same causes), and a port-80 check still "
         "silent when probing is over gets 100 ms more by design "
-        "(ogsd.probing.probe.CHECK_GRACE_AFTER_ROUND_S: a portal answers port 80 in one of its "
+        "(ogsd.probing.round.CHECK_GRACE_AFTER_ROUND_S: a portal answers port 80 in one of its "
         "round trips, before our three to 443), so c misses by b's margin."),
 }
 

@@ -4,7 +4,7 @@ AnyConnect's method: every gateway concurrently, its 3 probes one after another 
 its own connection), and the round waits for every probe of every gateway or the 7 s
 deadline, after which the previous gateway is used. ogsd's method: `probe_round` with its
 defaults, 3 concurrent probes per gateway, decided as soon as the winner cannot change.
-Both use the same probe (`ogsd.probing.probe.probe_round`; one gateway, one probe is one probe).
+Both use the same probe (`ogsd.probing.round.probe_round`; one gateway, one probe is one probe).
 
 Runs on the network lab (root): one lab per scenario, the rounds run in its client
 namespace (this module re-executed there with `--inner`, reading a JSON request on stdin).
@@ -41,7 +41,7 @@ from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample
 from ogsd.core.selection import rank
 from ogsd.daemon import logs
 from ogsd.lab import GatewayMode, GatewaySpec, Lab, LabError, LabSpec
-from ogsd.probing.probe import probe_round
+from ogsd.probing.round import probe_round
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_DEFAULT = 15

@@ -2,7 +2,7 @@
 
 The outer benchmark changes the lab between rounds (`lab.set`) and asks for a round of a
 method; the process answers with the pick. Both methods use ogsd's probe
-(`ogsd.probing.probe.probe_round`) on uvloop, as the daemon does:
+(`ogsd.probing.round.probe_round`) on uvloop, as the daemon does:
 
 - "ogsd": `probe_round` with its defaults (3 concurrent probes per gateway, network
   metric, stopped as soon as the winner is certain); with "check", the port-80 check of
@@ -33,7 +33,7 @@ from bench.round_time import ANYCONNECT, anyconnect_round, pick
 from ogsd.core.models import Gateway, Metric
 from ogsd.daemon import logs
 from ogsd.lab import Lab
-from ogsd.probing.probe import probe_round
+from ogsd.probing.round import probe_round
 
 # A round takes 7 s at most; the process's own pace adds little.
 ROUND_TIMEOUT_S = 30.0

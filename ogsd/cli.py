@@ -241,8 +241,8 @@ def _run(args: argparse.Namespace) -> int:
     from ogsd.config.load import load_config
     from ogsd.config.model import ConfigError
     from ogsd.config.paths import LayoutError, default_layout, prepare_socket_dir, user_mode
-    from ogsd.daemon.api import ApiSetupError
     from ogsd.daemon.daemon import Daemon, Options, socket_activated
+    from ogsd.daemon.socketfile import ApiSetupError
 
     profiles = tuple(args.profile)
     config = load(args.config, profiles)

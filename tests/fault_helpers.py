@@ -21,8 +21,8 @@ import pytest
 
 from ogsd.config.paths import DB_NAME
 from ogsd.core.models import CacheEntry, Decision
-from ogsd.daemon.api import decision_json
 from ogsd.store.store import DECISION_HISTORY_DEFAULT, Store
+from ogsd.wire.api import decision_json
 from tests.daemon_helpers import (
     Json,
     Setup,

@@ -1,25 +1,20 @@
 """The Unix-socket API server: newline-delimited JSON requests, authorised by SO_PEERCRED.
 
-Read methods are open to whoever may connect (the socket's mode and group decide);
-state-changing methods need root, the daemon's uid, `admin_uids` or `admin_group`. The
-wire (error codes, the Handler protocol, methods and params, the result shapes) is
-ogsd.wire.api, re-exported here: callers speak of `api.ApiError`, `api.decision_json`.
+Read methods are open to whoever may connect (the socket's mode and group decide, see
+ogsd.daemon.socketfile); state-changing methods need an admin (ogsd.daemon.peers). Each
+client holds a slot (`max_clients`, per uid, some kept for admins) until it hangs up, goes
+idle or, for a `watch` stream, falls behind. The wire (error codes, the Handler protocol,
+methods and params, the result shapes) is ogsd.wire.api.
 """
 
 from __future__ import annotations
 
 import errno
-import grp
 import json
-import os
-import pwd
 import socket
-import stat
-import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +24,14 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ogsd.config import userns
+from ogsd.daemon import socketfile
+from ogsd.daemon.peers import Admins, Peer, group_id, peer_credentials
 from ogsd.wire.api import (
     BAD_PARAMS,
     BUSY,
     FORBIDDEN,
     INTERNAL,
-    INVALID_REQUEST,
-    METHODS,
-    PARSE_ERROR,
     TOO_LARGE,
-    UNKNOWN_METHOD,
     ApiError,
     Handler,
     Json,
@@ -55,33 +47,21 @@ from ogsd.wire.api import (
     status_json,
 )
 
+# The wire names ogsd.daemon.daemon reaches as `api.ApiError` & co are exported for it;
+# other code imports them from ogsd.wire.api.
 __all__ = [
-    "BAD_PARAMS", "BUSY", "FORBIDDEN", "INTERNAL", "INVALID_REQUEST", "METHODS",
-    "PARSE_ERROR", "TOO_LARGE", "UNKNOWN_METHOD", "ApiError", "ApiServer", "ApiSetupError",
-    "DecisionFeed", "Handler", "Json", "Peer", "cache_entry_json", "decision_json",
-    "gateway_json", "in_group", "peer_credentials", "selection_json", "status_json",
+    "BAD_PARAMS", "INTERNAL", "ApiError", "ApiServer", "DecisionFeed", "Handler",
+    "cache_entry_json", "decision_json", "gateway_json", "selection_json", "status_json",
 ]
 
-SOCKET_MODE = 0o660  # owner and group: the group is who may read status
-# Sockets accept no connections before listen(), so binding then chmod leaves no window.
-LISTEN_BACKLOG = 64
-# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
-SUN_PATH_MAX = 107
-# A live daemon answers connect() at once; waiting longer only delays a restart.
-STALE_PROBE_TIMEOUT_S = 1.0
 # A client that reads nothing must not hold a send forever, nor a busy notice delay accept.
 BUSY_SEND_TIMEOUT_S = 1.0
 # accept() failing on EMFILE & co is transient; retrying at once would spin a core.
 ACCEPT_BACKOFF_S = 0.1
 # Decisions come minutes apart; 64 unread means the watcher is gone or stuck.
 WATCH_BUFFER = 64
-_PEERCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 log = structlog.get_logger("ogsd.daemon.api")
-
-
-class ApiSetupError(Exception):
-    """The socket could not be set up; the message says which path and why."""
 
 
 class DecisionFeed:
@@ -128,37 +108,6 @@ class DecisionFeed:
             self._drop(sender)
 
 
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """The connecting process, as the kernel saw it at connect()."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: socket.socket) -> Peer:
-    """SO_PEERCRED of a connected Unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return Peer(*_PEERCRED.unpack(raw))
-
-
-def in_group(uid: int, gid: int) -> bool:
-    """Whether the user `uid` has `gid` as primary or supplementary group (user database)."""
-    try:
-        user = pwd.getpwuid(uid)
-    except KeyError:
-        return False  # no passwd entry: no group list to be in
-    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
-
-
-def _group_id(name: str, what: str) -> int:
-    try:
-        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ValueError(f"{what}: unknown group {name!r}") from None
-
-
 class _Hangup(Exception):
     """The client went away or stopped reading; end its conversation."""
 
@@ -174,15 +123,14 @@ class ApiServer:
                  max_clients_per_uid: int | None = None, admin_reserved: int = 0) -> None:
         if (path is None) == (sock is None):
             raise ValueError("ApiServer needs exactly one of path= or sock=")
-        if path is not None and len(os.fsencode(path)) > SUN_PATH_MAX:
-            raise ValueError(f"socket path too long ({len(os.fsencode(path))} bytes, "
-                             f"max {SUN_PATH_MAX}): {path}")
+        if path is not None:
+            socketfile.check_path(path)
         if request_timeout <= 0:
             raise ValueError(f"request_timeout must be positive, got {request_timeout}")
         self._handler = handler
         self._path = path
         self._sock = sock
-        self._group = None if socket_group is None else _group_id(socket_group, "socket_group")
+        self._group = None if socket_group is None else group_id(socket_group, "socket_group")
         self._request_timeout = request_timeout
         self._clients = 0
         self._per_uid: Counter[int] = Counter()  # connections being served, by uid
@@ -208,14 +156,7 @@ class ApiServer:
             raise ValueError(f"max_clients_per_uid must be positive, got {max_clients_per_uid}")
         if admin_reserved < 0:
             raise ValueError(f"admin_reserved must not be negative, got {admin_reserved}")
-        admin_gid = None if admin_group is None else _group_id(admin_group, "admin_group")
-        if problem := userns.admin_problem(admin_uids, admin_gid,
-                                           uid_map=userns.read_map("uid"),
-                                           gid_map=userns.read_map("gid")):
-            raise ValueError(problem)
-        self._admin_gid = admin_gid
-        # Never the overflow uid, even as ours (ogsd run as nobody): everyone looks like it.
-        self._admin_uids = frozenset({0, os.getuid(), *admin_uids}) - {userns.OVERFLOW_ID}
+        self._admins = Admins.of(admin_uids, admin_group)
         self._max_clients = max_clients
         # Non-admins: at most this many connections per uid (watch streams included), and
         # never the last `admin_reserved` slots, so no reader can lock admins out.
@@ -237,7 +178,8 @@ class ApiServer:
             sock = self._sock  # systemd owns the path: never unlink it
         else:
             assert self._path is not None
-            sock, identity = await anyio.to_thread.run_sync(self._bind, self._path)
+            sock, identity = await anyio.to_thread.run_sync(socketfile.bind, self._path,
+                                                            self._group)
         try:
             listener = await SocketListener.from_socket(sock)
             async with listener, anyio.create_task_group() as tg:
@@ -248,34 +190,7 @@ class ApiServer:
             sock.close()
             if identity is not None:
                 assert self._path is not None
-                _unlink_if_ours(self._path, identity)
-
-    def _bind(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
-        try:
-            return self._bind_or_raise(path)
-        except OSError as exc:
-            raise ApiSetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
-
-    def _bind_or_raise(self, path: Path) -> tuple[socket.socket, tuple[int, int]]:
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True)
-            # 0750 + group: only the API group may reach the socket; else anyone may look.
-            path.parent.chmod(0o750 if self._group is not None else 0o755)
-            if self._group is not None:
-                os.chown(path.parent, -1, self._group)
-        _remove_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(os.fspath(path))
-            os.chmod(path, SOCKET_MODE)
-            if self._group is not None:
-                os.chown(path, -1, self._group)
-            sock.listen(LISTEN_BACKLOG)
-            st = os.lstat(path)
-        except BaseException:
-            sock.close()
-            raise
-        return sock, (st.st_dev, st.st_ino)
+                socketfile.unlink_if_ours(self._path, identity)
 
     async def _accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
         while True:
@@ -294,7 +209,7 @@ class ApiServer:
             raw = stream.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
             try:
                 peer = peer_credentials(raw)
-                admin = await self._is_admin(peer)
+                admin = await self._admins.include(peer)
             except OSError:
                 return  # gone before we could ask who it was
             refusal = self._refusal(peer, admin)
@@ -368,7 +283,7 @@ class ApiServer:
                 continue
             if method.write:
                 if checked[0] != self._generation:
-                    checked = (self._generation, await self._is_admin(peer))
+                    checked = (self._generation, await self._admins.include(peer))
                 if not checked[1]:
                     log.warning("api request forbidden", method=name, uid=peer.uid,
                                 pid=peer.pid)
@@ -381,18 +296,6 @@ class ApiServer:
                 await self._watch(stream, reader, req_id)
                 return
             await self._send(stream, await self._call(req_id, name, method, params, peer))
-
-    async def _is_admin(self, peer: Peer) -> bool:
-        if peer.uid in self._admin_uids:
-            return True
-        if peer.uid == userns.OVERFLOW_ID:  # a user our namespace cannot tell apart
-            return False
-        if self._admin_gid is None:
-            return False
-        if peer.gid == self._admin_gid:
-            return True
-        # The user database may be remote (LDAP via NSS): keep it off the event loop.
-        return await anyio.to_thread.run_sync(in_group, peer.uid, self._admin_gid)
 
     async def _call(self, req_id: Any, name: str, method: Method, params: Json,
                     peer: Peer) -> Json:
@@ -449,37 +352,3 @@ async def _until_hangup(reader: BufferedByteReceiveStream, scope: anyio.CancelSc
             await reader.receive()
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         scope.cancel()
-
-
-def _remove_stale(path: Path) -> None:
-    """Unlink a socket file nobody listens on; refuse if a daemon answers or it is no socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ApiSetupError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(STALE_PROBE_TIMEOUT_S)
-    try:
-        probe.connect(os.fspath(path))
-    except ConnectionRefusedError:
-        log.info("api removing stale socket", socket=str(path))
-        path.unlink()
-        return
-    except OSError as exc:
-        raise ApiSetupError(f"cannot tell whether {path} is in use: "
-                            f"{exc.strerror or exc}") from exc
-    finally:
-        probe.close()
-    raise ApiSetupError(f"another ogsd is already listening on {path}")
-
-
-def _unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
-    """Remove the socket file unless someone else's has replaced it since."""
-    try:
-        st = os.lstat(path)
-        if (st.st_dev, st.st_ino) == identity:
-            path.unlink()
-    except FileNotFoundError:
-        pass

@@ -34,7 +34,7 @@ from ogsd.core.selection import (
 )
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.probing.portal import describe
-from ogsd.probing.probe import DIRECT, ProbePath, RoundOutcome, probe_round
+from ogsd.probing.round import DIRECT, ProbePath, RoundOutcome, probe_round
 from ogsd.store.files import StoreError
 from ogsd.store.persist import Write
 from ogsd.store.store import Store

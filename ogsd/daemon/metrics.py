@@ -36,7 +36,7 @@ from ogsd import __version__
 from ogsd.config.model import MetricsConfig
 from ogsd.core.models import DaemonState, GatewayResult
 from ogsd.core.report import CANCELLED
-from ogsd.probing.probe import RoundOutcome
+from ogsd.probing.round import RoundOutcome
 
 log = structlog.get_logger("ogsd.daemon.metrics")
 
@@ -54,7 +54,7 @@ MAX_SCRAPES = 8
 # the daemon's umask (the unit's UMask=0077 would make it 0600).
 TEXTFILE_MODE = 0o644
 
-# Probe errors (ogsd.probing.probe) by the reason a fleet dashboard groups them under.
+# Probe errors (ogsd.probing.round) by the reason a fleet dashboard groups them under.
 _FAILURE_REASONS = (
     ("proxy ", "proxy"),  # first: "proxy P: connection refused" is the proxy's failure
     ("timeout after", "timeout"),

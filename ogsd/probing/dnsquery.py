@@ -145,7 +145,7 @@ async def _receive_exactly(sock: socket.socket, count: int) -> bytes:
 class BoundResolver:
     """Resolves names with given servers, sending from a given device.
 
-    Quacks like `dns.asyncresolver.Resolver.resolve` for what ogsd.probing.probe uses: returns
+    Quacks like `dns.asyncresolver.Resolver.resolve` for what ogsd.probing.round uses: returns
     the answer's records, raises NXDOMAIN / NoAnswer / NoNameservers / LifetimeTimeout.
     """
 

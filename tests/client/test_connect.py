@@ -23,7 +23,8 @@ from ogsd.client.plan import FALLBACK_NOTE
 from ogsd.client.session import Outcome, wait_readable
 from ogsd.client.supervise import WATCH_RETRY_S, Follow, Settings
 from ogsd.core.models import Gateway
-from ogsd.daemon.api import ApiServer, Json, gateway_json
+from ogsd.daemon.api import ApiServer
+from ogsd.wire.api import Json, gateway_json
 from tests.daemon.test_api import NOBODY, CannedHandler, run_as
 
 WAIT_S = 10.0  # a decision published reaches the watcher at once; bound for a busy machine

@@ -19,7 +19,8 @@ import pytest
 from ogsd.client import ctl
 from ogsd.client.ctl import format_nm_apply
 from ogsd.core.models import Reason, Source
-from ogsd.daemon.api import ApiServer, decision_json
+from ogsd.daemon.api import ApiServer
+from ogsd.wire.api import decision_json
 from tests.daemon.test_api import NOBODY, T0, CannedHandler, canned_decision, run_as
 
 

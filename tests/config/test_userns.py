@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from ogsd.config.userns import admin_problem
-from ogsd.daemon.api import FORBIDDEN
+from ogsd.wire.api import FORBIDDEN
 from tests.daemon.test_api import requests_as
 from tests.daemon_helpers import (
     START_WAIT,

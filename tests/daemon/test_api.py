@@ -32,7 +32,10 @@ from ogsd.core.models import (
     Reason,
     Source,
 )
-from ogsd.daemon.api import (
+from ogsd.daemon.api import ApiServer, DecisionFeed
+from ogsd.daemon.peers import in_group
+from ogsd.daemon.socketfile import ApiSetupError
+from ogsd.wire.api import (
     BAD_PARAMS,
     BUSY,
     FORBIDDEN,
@@ -43,13 +46,9 @@ from ogsd.daemon.api import (
     TOO_LARGE,
     UNKNOWN_METHOD,
     ApiError,
-    ApiServer,
-    ApiSetupError,
-    DecisionFeed,
     Json,
     cache_entry_json,
     decision_json,
-    in_group,
     selection_json,
     status_json,
 )

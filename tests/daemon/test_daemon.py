@@ -32,8 +32,8 @@ from structlog.testing import capture_logs
 from ogsd.client.conn import Connection
 from ogsd.config.load import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
-from ogsd.daemon.api import BUSY, FORBIDDEN
 from ogsd.lab import Lab, LabSpec
+from ogsd.wire.api import BUSY, FORBIDDEN
 from tests.daemon.test_api import requests_as
 from tests.daemon_helpers import (
     START_WAIT,

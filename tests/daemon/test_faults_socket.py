@@ -27,7 +27,7 @@ from anyio.abc import UNIXSocketStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ogsd.daemon.api import (
+from ogsd.wire.api import (
     BUSY,
     FORBIDDEN,
     INVALID_REQUEST,

@@ -18,7 +18,7 @@ from ogsd.core.addrorder import Candidate, order
 from ogsd.core.models import Gateway, Metric
 from ogsd.probing.addresses import RESOLUTION_DELAY_S, ResolveError, ordered, resolve
 from ogsd.probing.dnsquery import BoundResolver
-from ogsd.probing.probe import RoundOutcome, probe_round
+from ogsd.probing.round import RoundOutcome, probe_round
 from tests.daemon_helpers import in_netns
 from tests.dnsserver import DnsServer
 from tests.tlsserver import LoopbackServer

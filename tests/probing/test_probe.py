@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 from ogsd import __version__
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample
 from ogsd.core.rounds import ProbeState
-from ogsd.probing.probe import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, _Round, probe_round
+from ogsd.probing.round import CHECK_GRACE_AFTER_ROUND_S, RoundOutcome, probe_round
+from ogsd.probing.standings import Standings
 from tests.tlsserver import LoopbackServer, blackholed_port, refused_port
 
 N, X = Metric.NETWORK, Metric.EXCHANGE
@@ -414,14 +415,14 @@ def test_no_gateways_is_an_empty_round() -> None:
 
 EMFILE_SNIPPET = """
 import json, resource, anyio
-from ogsd.probing import probe
+from ogsd.probing import round as probing_round
 from ogsd.core.models import Gateway, Metric
 resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
-probe.socket_budget = lambda wanted: wanted  # pretend there is room: EMFILE must be met
+probing_round.socket_budget = lambda wanted: wanted  # pretend there is room: EMFILE must be met
 ports = json.loads(input())
 gateways = [Gateway(host="127.0.0.1", port=p) for p in ports]
-out = anyio.run(lambda: probe.probe_round(gateways, metric=Metric.NETWORK, deadline=5.0,
-                                          settle_early=False))
+out = anyio.run(lambda: probing_round.probe_round(gateways, metric=Metric.NETWORK,
+                                                  deadline=5.0, settle_early=False))
 print(json.dumps([[s.error for s in r.samples] for r in out.results]))
 """
 
@@ -460,18 +461,16 @@ def test_settling_asks_the_kernel_about_connects_the_loop_has_not_seen() -> None
     # A busy loop wakes late: a probe whose SYN/ACK has arrived still looks unconnected,
     # and by elapsed time alone it "could not beat" the leader. The kernel knows better.
     async def look() -> tuple[float | None, float | None]:
-        round_ = _Round(metric=N, probe_count=1, probe_timeout=5.0, resolver=None,
-                        clock=lambda: 0.0, hosts=["a", "b"], settle_early=True, device=None,
-                        proxy=None, in_flight=8)
+        standings = Standings(metric=N, probe_count=1, hosts=["a", "b"], settle_early=True)
         done = ProbeState(0.0, 5.0, done=ProbeSample(0.0, 5.0, exchange_ms=15.0))
-        round_.set_state("a", 0, done)  # the leader: 5 ms
+        standings.set_state("a", 0, done)  # the leader: 5 ms
         with socket.create_server((LOCAL, 0)) as listener, \
                 socket.create_connection(listener.getsockname()) as sock:
             now = time.perf_counter()
-            round_.states["b"][0] = ProbeState(started=now - 1.0)  # SYN sent 1 s "ago"
-            round_.connecting[("b", 0)] = sock
-            at = round_._settle_pass(now)
-            return at, round_.states["b"][0].connected_ms
+            standings.states["b"][0] = ProbeState(started=now - 1.0)  # SYN sent 1 s "ago"
+            standings.connecting[("b", 0)] = sock
+            at = standings._settle_pass(now)
+            return at, standings.states["b"][0].connected_ms
 
     at, connected_ms = anyio.run(look)
     assert at == 0.0  # not settled: look again with what the kernel said

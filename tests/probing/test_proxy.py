@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from ogsd.cli import main
 from ogsd.config.proxy import Proxy, from_environment, parse_proxy_url, split_no_proxy
 from ogsd.core.models import Gateway, Metric
-from ogsd.probing.probe import RoundOutcome, probe_round
+from ogsd.probing.round import RoundOutcome, probe_round
 from tests.daemon_helpers import in_netns, ip_batch
 from tests.tlsserver import LoopbackServer
 
