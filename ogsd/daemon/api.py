@@ -27,7 +27,6 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ogsd.daemon import socketfile
 from ogsd.daemon.peers import Admins, Peer, group_id, peer_credentials
 from ogsd.wire.api import (
-    BAD_PARAMS,
     BUSY,
     FORBIDDEN,
     INTERNAL,
@@ -36,24 +35,14 @@ from ogsd.wire.api import (
     Handler,
     Json,
     Method,
-    cache_entry_json,
-    decision_json,
     decode_request,
-    gateway_json,
     request_error,
     request_id,
     resolve_request,
-    selection_json,
-    status_json,
 )
 
 # The wire names ogsd.daemon.daemon reaches as `api.ApiError` & co are exported for it;
 # other code imports them from ogsd.wire.api.
-__all__ = [
-    "BAD_PARAMS", "INTERNAL", "ApiError", "ApiServer", "DecisionFeed", "Handler",
-    "cache_entry_json", "decision_json", "gateway_json", "selection_json", "status_json",
-]
-
 # A client that reads nothing must not hold a send forever, nor a busy notice delay accept.
 BUSY_SEND_TIMEOUT_S = 1.0
 # accept() failing on EMFILE & co is transient; retrying at once would spin a core.

@@ -160,7 +160,7 @@ async def test_first_start_probes_and_a_known_location_is_not_probed(
         assert (again["source"], again["reason_code"], again["selected"]) == (
             "cache", "cache", FAST)
         # A network change that leaves the DNS configuration as it was: cache again.
-        job = await daemon.submit(Trigger.LOCATION)
+        job = await daemon.rounds.submit(Trigger.LOCATION)
         third = await decisions.next()
         assert job.error is None
         assert (third["source"], third["selected"]) == ("cache", FAST)
@@ -202,7 +202,7 @@ async def test_netlink_storm_is_one_evaluation(
     options = setup.options(watch_sleep=False, netns=ns)
     async with running_daemon(options, setup.config, FakeClock()) as (daemon, decisions):
         await decisions.next()
-        rounds = daemon.rounds
+        rounds = daemon.rounds.finished
         seen = counts(*servers)
         addresses = [f"198.18.{i // 100}.{i % 100 + 1}/32" for i in range(100)]
         adds = [f"addr add {a} dev d0" for a in addresses]
@@ -212,7 +212,7 @@ async def test_netlink_storm_is_one_evaluation(
         # Same DNS configuration, so the one evaluation is answered from the cache.
         assert (one["source"], one["selected"]) == ("cache", FAST)
         await decisions.none_within(3 * DEBOUNCE)
-        assert daemon.rounds == rounds + 1
+        assert daemon.rounds.finished == rounds + 1
         assert counts(*servers) == seen
 
 

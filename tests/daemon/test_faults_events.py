@@ -86,7 +86,7 @@ async def test_netlink_storm_of_ten_thousand_events_is_a_bounded_number_of_round
         options = site.options(watch_sleep=False, netns=ns)
         async with running_daemon(options, site.config, FakeClock()) as (daemon, feed):
             first = await feed.next()
-            rounds = daemon.rounds
+            rounds = daemon.rounds.finished
             # 6,000 addresses come, 4,000 go again: a change that is still there after.
             addresses = [f"198.18.{i // 250}.{i % 250 + 1}/32" for i in range(events * 6 // 10)]
             commands = [f"addr add {a} dev d0" for a in addresses]
@@ -97,7 +97,7 @@ async def test_netlink_storm_of_ten_thousand_events_is_a_bounded_number_of_round
             after = await feed.next(within=30)
             assert (after["source"], after["selected"]) == ("cache", FAST)
             await forced(site.socket)  # queued after whatever the storm caused
-            storm_rounds = daemon.rounds - rounds - 1
+            storm_rounds = daemon.rounds.finished - rounds - 1
             assert 1 <= storm_rounds <= 3, storm_rounds
             assert (await answers(site.socket))["selected"] == FAST
             assert await daemon.persister.save(())
@@ -117,14 +117,14 @@ async def test_sleep_resume_storm_on_the_socket(
         options = site.options(watch_network=False, watch_sleep=False)
         async with running_daemon(options, site.config, clock) as (daemon, feed):
             first = await feed.next()
-            rounds = daemon.rounds
+            rounds = daemon.rounds.finished
             async with api_client(site.socket) as hook:
                 for _ in range(cycles):
                     await hook.result("notify.sleep")
                     clock.advance(timedelta(minutes=10))
                     await hook.result("notify.resume")
             last = await forced(site.socket)
-            assert daemon.rounds - rounds <= cycles + 1  # at most one round per resume
+            assert daemon.rounds.finished - rounds <= cycles + 1  # at most one round per resume
             state = await anyio.to_thread.run_sync(daemon.store.load_state)
             assert (state.sleep_started_at, state.connected_at_sleep) == (None, False)
             assert (await answers(site.socket))["selected"] == FAST
@@ -192,7 +192,7 @@ async def test_prepare_for_sleep_storm_from_logind(
             async with running_daemon(options, site.config, clock) as (daemon, feed):
                 first = await feed.next()
                 await fake_logind.next_inhibitor(1)
-                rounds = daemon.rounds
+                rounds = daemon.rounds.finished
                 for _ in range(cycles + 1):
                     fake_logind.prepare_for_sleep(True)
                     await released_all(fake_logind)  # the state is saved
@@ -204,7 +204,7 @@ async def test_prepare_for_sleep_storm_from_logind(
                 fake_logind.prepare_for_sleep(True)
                 await released_all(fake_logind)
                 await forced(site.socket)
-                assert daemon.rounds - rounds <= cycles + 2
+                assert daemon.rounds.finished - rounds <= cycles + 2
                 state = await anyio.to_thread.run_sync(daemon.store.load_state)
                 assert state.sleep_started_at is not None  # this last sleep
                 # A fresh watch: the test's own feed fell far behind during the storm.
@@ -241,7 +241,7 @@ async def test_wall_clock_jumps_a_day_each_way_cache_expiry_stays_right(
             sources = []
             for jump in (timedelta(days=1), timedelta(days=1), timedelta(days=-1)):
                 clock.advance(jump)
-                await daemon.submit(Trigger.LOCATION)
+                await daemon.rounds.submit(Trigger.LOCATION)
                 sources.append((await feed.next())["source"])
             assert sources == ["cache", "probes", "probes"]
             assert await daemon.persister.save(())

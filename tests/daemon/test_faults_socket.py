@@ -228,7 +228,7 @@ async def test_unprivileged_uid_can_change_nothing(
             first = await feed.next()
             assert await daemon.persister.save(())
             state = await anyio.to_thread.run_sync(daemon.store.load_state)
-            rounds = daemon.rounds
+            rounds = daemon.rounds.finished
             calls = [(m, VALID_PARAMS.get(m, {})) for m in WRITE_METHODS]
             done = await anyio.to_thread.run_sync(lambda: subprocess.run(
                 ["/usr/bin/python3", "-I", "-c", WRITES_AS_NOBODY, str(setup.socket),
@@ -242,7 +242,7 @@ async def test_unprivileged_uid_can_change_nothing(
                 assert reply["error"]["code"] == FORBIDDEN, (method, reply)
                 assert f"'{method}' needs admin rights" in reply["error"]["message"]
             assert await anyio.to_thread.run_sync(daemon.store.load_state) == state
-            assert daemon.rounds == rounds
+            assert daemon.rounds.finished == rounds
             assert (await answers(setup.socket))["decided_at"] == first["decided_at"]
         nothing_lost(setup, first)
     finally:
