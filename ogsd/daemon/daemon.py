@@ -38,8 +38,9 @@ from ogsd.sensing.autoproxy import AutoProxy
 from ogsd.sensing.dnsenv import DnsConfigError, resolver_for
 from ogsd.sensing.location import Sources
 from ogsd.sensing.netstate import NetState, View
-from ogsd.sensing.netwatch import DUMP_TIMEOUT, NetSnapshot, NetWatcher, NetworkChange
+from ogsd.sensing.netwatch import NetWatcher, NetworkChange
 from ogsd.sensing.resolved import ResolvedClient
+from ogsd.sensing.routes import DUMP_TIMEOUT, NetSnapshot
 from ogsd.sensing.sleepwatch import SleepEvent, SleepWatcher
 from ogsd.store.files import StoreError
 from ogsd.store.persist import Persister

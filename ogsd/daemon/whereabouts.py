@@ -20,7 +20,8 @@ import structlog
 from ogsd.core.models import DaemonState, Location
 from ogsd.core.uplink import detect_tunnel, tunnel_gone
 from ogsd.sensing.netstate import NetState, View
-from ogsd.sensing.netwatch import NetSnapshot, NetWatcher
+from ogsd.sensing.netwatch import NetWatcher
+from ogsd.sensing.routes import NetSnapshot
 from ogsd.store.persist import Persister
 
 log = structlog.get_logger("ogsd.daemon.daemon")

@@ -24,7 +24,7 @@ import dns.reversename
 
 from ogsd.core.models import Location
 from ogsd.probing import dnsquery
-from ogsd.sensing.netwatch import NetWatchError, read_snapshot
+from ogsd.sensing.routes import NetWatchError, read_snapshot
 
 DNS_TIMEOUT_DEFAULT = 2.0
 # Two sends per query within the timeout: one lost UDP datagram must not fail the test.

@@ -19,7 +19,7 @@ from ogsd.probing.dnsquery import BoundResolver
 from ogsd.probing.round import ProbePath
 from ogsd.sensing.dnsenv import DnsConfigError
 from ogsd.sensing.location import Reading, Sources, read_location
-from ogsd.sensing.netwatch import NetSnapshot, read_snapshot
+from ogsd.sensing.routes import NetSnapshot, read_snapshot
 
 
 @dataclass(frozen=True, slots=True)

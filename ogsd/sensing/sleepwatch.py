@@ -8,12 +8,12 @@ sleeps. PrepareForSleep(false) -> lock taken again -> SleepEvent "resume".
 Without logind (no bus, no logind on it, or the connection dropped) suspends are inferred
 from CLOCK_BOOTTIME - CLOCK_MONOTONIC: the two clocks tick together except while
 suspended, when only boottime advances, so growth of their difference is time spent
-asleep. Meanwhile the bus is retried with backoff; logind mode returns when it is back.
+asleep (ogsd.sensing.clockgap). Meanwhile the bus is retried with backoff; logind mode
+returns when it is back. The D-Bus side is ogsd.sensing.logind.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -26,30 +26,22 @@ import anyio
 import structlog
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
-from dbus_fast import BusType, DBusError, Message, MessageType
-
-# The parser connect() itself uses: a bad address is rejected at construction, as config.
-from dbus_fast._private.address import parse_address
 from dbus_fast.aio import MessageBus
+
+from ogsd.sensing import logind
+from ogsd.sensing.clockgap import (
+    SLEEP_THRESHOLD,
+    Clock,
+    ClockSample,
+    boottime,
+    monotonic,
+    read_clocks,
+    slept_between,
+)
+from ogsd.sensing.logind import CALL_TIMEOUT, Inhibitor
 
 log = structlog.get_logger(__name__)
 
-LOGIND_NAME = "org.freedesktop.login1"
-LOGIND_PATH = "/org/freedesktop/login1"
-MANAGER_INTERFACE = "org.freedesktop.login1.Manager"
-SLEEP_MATCH = (
-    f"type='signal',sender='{LOGIND_NAME}',path='{LOGIND_PATH}',"
-    f"interface='{MANAGER_INTERFACE}',member='PrepareForSleep'"
-)
-SYSTEM_BUS_DEFAULT = "unix:path=/var/run/dbus/system_bus_socket"
-# Inhibit(what, who, why, mode): "delay" lets the daemon save state, never blocks sleep.
-INHIBIT_ARGS = ("sleep", "ogsd", "save state before suspend", "delay")
-
-# Errors meaning "no logind here" (rather than "logind said no").
-LOGIND_ABSENT = frozenset({
-    "org.freedesktop.DBus.Error.ServiceUnknown",
-    "org.freedesktop.DBus.Error.NameHasNoOwner",
-})
 # logind sleeps anyway after InhibitDelayMaxSec (default 5 s, logind.conf(5)); release a
 # second before so our log, not a logind timeout, says that the daemon was too slow.
 RELEASE_AFTER = 4.0
@@ -57,34 +49,16 @@ RELEASE_AFTER = 4.0
 # resume (Wi-Fi association and DHCP take seconds), and three vDSO clock reads every 2 s
 # cost nothing measurable, so a shorter period would buy nothing.
 POLL_INTERVAL = 2.0
-# Gap growth below this is not reported: a suspend under a second changes nothing a
-# gateway choice depends on, and it keeps clock-read noise far from a false resume.
-SLEEP_THRESHOLD = 1.0
-# A sample whose two monotonic reads are further apart was descheduled mid-read (a loaded
-# 2-core box); read again rather than risk taking the stall for a short suspend.
-MAX_READ_SKEW = 0.010
-READ_ATTEMPTS = 3
 # Reconnect backoff: a bus restart takes well under a second, so retry soon; then at
 # most once a minute, so a machine without logind is not woken for nothing.
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
-# A bus that accepts the connection but never answers must not stall the watcher.
-CALL_TIMEOUT = 5.0
 # PrepareForSleep comes in pairs, seconds apart; a backlog means the watcher is stuck.
 SIGNAL_BUFFER = 16
 
-Clock = Callable[[], float]
 SleepKind = Literal["sleep", "resume"]
 SleepSource = Literal["logind", "clock", "socket"]
 Mode = Literal["logind", "clock"]
-
-
-def _boottime() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def _monotonic() -> float:
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,27 +74,6 @@ class SleepEvent:
     sleep_id: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class ClockSample:
-    """CLOCK_BOOTTIME and CLOCK_MONOTONIC read together, in seconds."""
-
-    boottime: float
-    monotonic: float
-
-    @property
-    def asleep(self) -> float:
-        """Total time suspended since boot: boottime advances in suspend, monotonic not."""
-        return self.boottime - self.monotonic
-
-
-def slept_between(
-    before: ClockSample, after: ClockSample, threshold: float = SLEEP_THRESHOLD
-) -> timedelta | None:
-    """Time suspended between two samples, or None if under `threshold` seconds."""
-    gap = after.asleep - before.asleep
-    return timedelta(seconds=gap) if gap >= threshold else None
-
-
 class SleepWatcher:
     """Reports suspend and resume; holds logind's delay lock while logind is reachable."""
 
@@ -128,8 +81,8 @@ class SleepWatcher:
         self,
         *,
         bus_address: str | None = None,
-        clock_boottime: Clock = _boottime,
-        clock_monotonic: Clock = _monotonic,
+        clock_boottime: Clock = boottime,
+        clock_monotonic: Clock = monotonic,
         clock_wall: Clock = time.time,
         poll_interval: float = POLL_INTERVAL,
         sleep_threshold: float = SLEEP_THRESHOLD,
@@ -138,10 +91,7 @@ class SleepWatcher:
         retry_max: float = RETRY_MAX,
     ) -> None:
         if bus_address is not None:
-            try:
-                parse_address(bus_address)
-            except ValueError as exc:
-                raise ValueError(f"invalid D-Bus address {bus_address!r}: {exc}") from None
+            logind.check_bus_address(bus_address)
         durations = {
             "poll_interval": poll_interval,
             "sleep_threshold": sleep_threshold,
@@ -162,17 +112,16 @@ class SleepWatcher:
         self._retry_initial = retry_initial
         self._retry_max = max(retry_max, retry_initial)
         self._mode: Mode | None = None
-        self._fd: int | None = None  # logind's inhibitor: sleep waits while it is open
+        self._inhibitor = Inhibitor()  # logind's delay lock: sleep waits while it is held
         self._ready: anyio.Event | None = None  # set while a sleep waits for the daemon
         self._sleep_id = 0  # the latest PrepareForSleep(true)
         self._sleep_sample: ClockSample | None = None  # taken at PrepareForSleep(true)
         self._last: ClockSample | None = None  # clock mode's previous sample
-        self._refused = False  # logind said no to the lock in this session
 
     @property
     def inhibitor_held(self) -> bool:
         """Whether we hold logind's delay lock (the machine cannot sleep without us)."""
-        return self._fd is not None
+        return self._inhibitor.held
 
     @property
     def mode(self) -> Mode | None:
@@ -188,7 +137,7 @@ class SleepWatcher:
             log.debug("ready for an earlier sleep; the pending one still waits",
                       ready_for=sleep_id, pending=self._sleep_id)
             return
-        self._release("daemon ready for sleep")
+        self._inhibitor.release("daemon ready for sleep")
         self._ready.set()
 
     async def run(
@@ -221,17 +170,14 @@ class SleepWatcher:
                 await self._watch_clock(send, retry)
                 retry = min(retry * 2, self._retry_max)
         finally:
-            self._release("watcher stopping")
+            self._inhibitor.release("watcher stopping")
             self._mode = None
             self._ready = None
             self._last = None
 
     @property
     def _bus_name(self) -> str:
-        if self._bus_address is not None:
-            return self._bus_address
-        # The D-Bus specification's default, as dbus-fast resolves it: logs name the path.
-        return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", SYSTEM_BUS_DEFAULT)
+        return logind.bus_name(self._bus_address)
 
     # -- logind -------------------------------------------------------------------------
 
@@ -243,25 +189,14 @@ class SleepWatcher:
         """Watch logind until the bus drops; False if logind could not be reached."""
         signals_tx, signals_rx = anyio.create_memory_object_stream[bool](SIGNAL_BUFFER)
         bus: MessageBus | None = None
-        self._refused = False
         try:
             with signals_tx, signals_rx:
-                add_match = Message(
-                    destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                    body=[SLEEP_MATCH],
-                )
                 try:
                     with anyio.fail_after(CALL_TIMEOUT):
-                        bus = await MessageBus(
-                            bus_address=self._bus_address,
-                            bus_type=BusType.SYSTEM,
-                            negotiate_unix_fd=True,
-                        ).connect()
+                        bus = await logind.connect(self._bus_address)
                         # Subscribe before taking the lock: a sleep may start in between.
-                        bus.add_message_handler(partial(self._on_message, signals_tx))
-                        await _call(bus, add_match)
-                        await self._try_inhibitor(bus)
+                        await logind.subscribe(bus, partial(self._on_prepare, signals_tx))
+                        await self._inhibitor.try_take(bus)
                 # dbus-fast documents plain Exception for "any other connection error".
                 except Exception as exc:
                     self._log_unavailable(exc)
@@ -275,24 +210,14 @@ class SleepWatcher:
                 await self._watch_logind(bus, signals_rx, send)
                 return True
         finally:
-            self._release("leaving logind mode")
+            self._inhibitor.release("leaving logind mode")
             self._ready = None
             self._sleep_sample = None
             if bus is not None:
-                bus.disconnect()
-                # Let dbus-fast close its socket before we go on (or the loop ends).
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(CALL_TIMEOUT),
-                    suppress(Exception),
-                ):
-                    await _disconnected(bus)
+                await logind.disconnect(bus)
 
     def _log_unavailable(self, exc: Exception) -> None:
-        if isinstance(exc, DBusError):
-            error = f"{exc.type}: {exc.text}"
-        else:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error = logind.describe(exc)
         if self._mode == "clock":  # still down: said so already
             log.debug("logind still unavailable", bus=self._bus_name, error=error)
         else:
@@ -301,22 +226,13 @@ class SleepWatcher:
                 bus=self._bus_name, error=error,
             )
 
-    def _on_message(self, signals: MemoryObjectSendStream[bool], msg: Message) -> bool:
-        if (
-            msg.message_type is MessageType.SIGNAL
-            and msg.interface == MANAGER_INTERFACE
-            and msg.member == "PrepareForSleep"
-            and msg.path == LOGIND_PATH
-            and msg.signature == "b"
-        ):
-            try:
-                signals.send_nowait(bool(msg.body[0]))
-            except anyio.WouldBlock:
-                log.error("PrepareForSleep backlog; signal dropped", start=msg.body[0])
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass  # arrived while this session was closing: the next one re-subscribes
-            return True
-        return False
+    def _on_prepare(self, signals: MemoryObjectSendStream[bool], start: bool) -> None:
+        try:
+            signals.send_nowait(start)
+        except anyio.WouldBlock:
+            log.error("PrepareForSleep backlog; signal dropped", start=start)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # arrived while this session was closing: the next one re-subscribes
 
     async def _watch_logind(
         self,
@@ -328,7 +244,7 @@ class SleepWatcher:
 
             async def until_disconnected() -> None:
                 with suppress(Exception):  # how it ended is logged by the caller
-                    await _disconnected(bus)
+                    await logind.disconnected(bus)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(until_disconnected)
@@ -357,7 +273,7 @@ class SleepWatcher:
             "daemon not ready for sleep in time; releasing the inhibitor anyway",
             after_s=self._release_after,
         )
-        self._release("ready_for_sleep timeout")
+        self._inhibitor.release("ready_for_sleep timeout")
 
     async def _on_resume(self, bus: MessageBus, send: ObjectSendStream[SleepEvent]) -> None:
         if self._ready is not None:
@@ -367,50 +283,14 @@ class SleepWatcher:
         slept = None
         if before is not None:  # logind says it slept: any gap, even under the threshold
             slept = timedelta(seconds=max(0.0, self._sample().asleep - before.asleep))
-        if self._fd is None and not self._refused:
+        if not self._inhibitor.held and not self._inhibitor.refused:
             try:
                 with anyio.fail_after(CALL_TIMEOUT):
-                    await self._take_inhibitor(bus)
+                    await self._inhibitor.take(bus)
             except Exception as exc:  # the next resume tries again; sleep is not held up
                 log.error("could not take the sleep inhibitor again", error=str(exc))
         log.info("system resumed", slept_s=None if slept is None else slept.total_seconds())
         await send.send(SleepEvent("resume", "logind", at=self._now(), slept=slept))
-
-    async def _try_inhibitor(self, bus: MessageBus) -> None:
-        """Take the lock; if logind is there but refuses it, watch signals without it."""
-        try:
-            await self._take_inhibitor(bus)
-        except DBusError as exc:
-            if exc.type in LOGIND_ABSENT:
-                raise
-            self._refused = True  # policy, not chance: asking at every resume is noise
-            log.warning(
-                "logind refused the sleep inhibitor; suspend will not wait for ogsd",
-                error=f"{exc.type}: {exc.text}",
-            )
-
-    async def _take_inhibitor(self, bus: MessageBus) -> None:
-        reply = await _call(bus, Message(
-            destination=LOGIND_NAME, path=LOGIND_PATH, interface=MANAGER_INTERFACE,
-            member="Inhibit", signature="ssss", body=list(INHIBIT_ARGS),
-        ))
-        fds = list(reply.unix_fds)
-        index = reply.body[0] if reply.signature == "h" else -1
-        if not 0 <= index < len(fds):
-            for fd in fds:
-                os.close(fd)
-            raise RuntimeError("Inhibit returned no file descriptor (fd passing refused?)")
-        self._release("replaced")
-        self._fd = fds.pop(index)
-        for fd in fds:
-            os.close(fd)
-        log.debug("sleep inhibitor taken", fd=self._fd)
-
-    def _release(self, why: str) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-            log.debug("sleep inhibitor released", why=why)
 
     # -- clocks -------------------------------------------------------------------------
 
@@ -436,13 +316,7 @@ class SleepWatcher:
         await send.send(SleepEvent("resume", "clock", at=_utc(now), slept=slept))
 
     def _sample(self) -> ClockSample:
-        for _ in range(READ_ATTEMPTS):
-            first = self._monotonic()
-            boot = self._boottime()
-            last = self._monotonic()
-            if last - first <= MAX_READ_SKEW:
-                break
-        return ClockSample(boottime=boot, monotonic=(first + last) / 2)
+        return read_clocks(self._boottime, self._monotonic)
 
     def _now(self) -> datetime:
         return _utc(self._wall())
@@ -450,17 +324,3 @@ class SleepWatcher:
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
-
-
-async def _call(bus: MessageBus, msg: Message) -> Message:
-    """Call a method; an error reply raises DBusError."""
-    reply = await bus.call(msg)
-    if reply.message_type is MessageType.ERROR:
-        text = str(reply.body[0]) if reply.body else ""
-        raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed", text, reply)
-    return reply
-
-
-async def _disconnected(bus: MessageBus) -> None:
-    """Wait until `bus` is closed (raises if it failed rather than being disconnected)."""
-    await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]  # untyped upstream

@@ -16,7 +16,7 @@ import pytest
 from ogsd.core.models import Location
 from ogsd.lab.dnszone import is_ip_literal
 from ogsd.sensing.netenv import network_environment_test
-from ogsd.sensing.netwatch import read_snapshot
+from ogsd.sensing.routes import read_snapshot
 from tests.dnsserver import DnsServer
 
 pytestmark = pytest.mark.anyio

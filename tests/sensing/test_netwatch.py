@@ -19,15 +19,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ogsd.core.uplink import DefaultRoute, HostRoute
 from ogsd.lab.tun import open_tun
-from ogsd.sensing.netwatch import (
-    NetSnapshot,
-    NetWatcher,
-    NetWatchError,
-    NetworkChange,
-    _enter_netns,
-    _Events,
-    read_snapshot,
-)
+from ogsd.sensing.netwatch import NetWatcher, NetworkChange, _Events
+from ogsd.sensing.routes import NetSnapshot, NetWatchError, enter_netns, read_snapshot
 
 _T = TypeVar("_T")
 DEBOUNCE = 0.2
@@ -187,7 +180,7 @@ def _in_netns(netns: str, work: Callable[[], _T]) -> _T:
 
     def target() -> None:
         try:
-            _enter_netns(netns)
+            enter_netns(netns)
             box.append(work())
         except BaseException as exc:
             box.append(exc)

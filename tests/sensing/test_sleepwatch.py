@@ -19,7 +19,8 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from structlog.testing import capture_logs
 
-from ogsd.sensing.sleepwatch import ClockSample, Mode, SleepEvent, SleepWatcher, slept_between
+from ogsd.sensing.clockgap import ClockSample, slept_between
+from ogsd.sensing.sleepwatch import Mode, SleepEvent, SleepWatcher
 from tests.fakelogind import LOGIND_NAME, LOGIND_PATH, MANAGER_INTERFACE, FakeLogind
 
 if TYPE_CHECKING:
