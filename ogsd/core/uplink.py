@@ -4,7 +4,7 @@ While a full-tunnel VPN is up, everything but the connected gateway is routed th
 tunnel: a probe sent the ordinary way measures the tunnel, not the path from here. So
 probes are bound to the *physical* uplink, and the location is that uplink's DNS. These
 rules find the uplink and tell when a tunnel came or went; they read route data that an
-adapter (ogsd.sensing.netwatch) dumped, and do no I/O themselves.
+adapter (ogsd.sensing.routes) dumped, and do no I/O themselves.
 """
 
 from __future__ import annotations

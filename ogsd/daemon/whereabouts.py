@@ -1,7 +1,7 @@
 """Where the daemon is: the VPN connection, the physical uplink and the location, at a look.
 
 The daemon looks before every evaluation, on every network change and around a resume.
-A look reads the routes (ogsd.sensing.netwatch), tells whether the VPN came or went
+A look reads the routes (ogsd.sensing.routes), tells whether the VPN came or went
 (ogsd.core.uplink: the client's word, else the routes), finds the physical uplink and
 reads the physical network's location (ogsd.sensing.netstate, ogsd.sensing.location).
 What it learns of the connection is persisted at once (through the daemon's Persister),
