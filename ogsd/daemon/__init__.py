@@ -1,3 +1,3 @@
-"""`ogsd run`: wiring and lifecycle, the engine, resume, the socket API server,
-sd_notify, metrics.
+"""`ogsd run`: wiring and lifecycle, the round driver and the engine, the socket API server
+and its handlers, sleep, resume and reload, sd_notify, metrics.
 """

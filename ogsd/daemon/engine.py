@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
 import dns.asyncresolver
@@ -33,11 +33,14 @@ from ogsd.core.selection import (
     rank,
 )
 from ogsd.core.triggers import Action, Trigger, plan
+from ogsd.probing.path import DIRECT, ProbePath
 from ogsd.probing.portal import describe
-from ogsd.probing.round import DIRECT, ProbePath, RoundOutcome, probe_round
 from ogsd.store.files import StoreError
 from ogsd.store.persist import Write
 from ogsd.store.store import Store
+
+if TYPE_CHECKING:
+    from ogsd.probing.round import RoundOutcome
 
 log = structlog.get_logger("ogsd.daemon.engine")
 
@@ -128,6 +131,10 @@ class Engine:
                                                    what="the last decision")
             decision = self._keep(previous, location, text, state.last_gateway, now)
         else:
+            # Imported when a round runs: a cache hit (most evaluations) needs no sockets,
+            # TLS or name resolution.
+            from ogsd.probing.round import probe_round  # noqa: PLC0415
+
             outcome = await probe_round(
                 gateways, metric=settings.metric, probe_count=settings.probe_count,
                 deadline=settings.round_deadline.total_seconds(),

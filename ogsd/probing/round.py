@@ -40,7 +40,7 @@ from ogsd.probing.probe import Prober
 from ogsd.probing.probesock import describe_error, established, syn
 from ogsd.probing.standings import Standings
 
-__all__ = ["Resolver", "RoundOutcome", "probe_round"]
+__all__ = ["RoundOutcome", "probe_round"]
 
 log = structlog.get_logger("ogsd.probing.probe")
 
@@ -49,26 +49,6 @@ log = structlog.get_logger("ogsd.probing.probe")
 # it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
 CHECK_GRACE_AFTER_ROUND_S = 0.1
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
-
-
-@dataclass(frozen=True, slots=True)
-class ProbePath:
-    """How this evaluation's probes reach the gateways (DESIGN.md §2 "honest measurement").
-
-    With no VPN up: the ordinary way. With a tunnel up: bound to the physical uplink
-    (`device`), names resolved by the physical network's DNS (`resolver`). `blocked`
-    says why no round can be honest now (a tunnel up and no physical uplink known):
-    the previous selection is kept. `cache` False: the location may be out of date, so
-    a round is not cached under it.
-    """
-
-    device: str | None = None
-    resolver: Resolver | None = None
-    blocked: str | None = None
-    cache: bool = True
-
-
-DIRECT = ProbePath()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import anyio.to_thread
 from ogsd.core.models import DaemonState, Location
 from ogsd.core.uplink import Uplink, physical_uplink, tunnel_default
 from ogsd.probing.dnsquery import BoundResolver
-from ogsd.probing.round import ProbePath
+from ogsd.probing.path import ProbePath
 from ogsd.sensing.dnsenv import DnsConfigError
 from ogsd.sensing.location import Reading, Sources, read_location
 from ogsd.sensing.routes import NetSnapshot, read_snapshot
