@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from enum import StrEnum
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -36,9 +36,8 @@ from ogsd.core.models import (
     Reason,
     Source,
 )
-from ogsd.wire.shapes import enum_value, parse_time, result_to_dict, results_from, strs, time_text
-
-_E = TypeVar("_E", bound=StrEnum)
+from ogsd.wire.decode import decode
+from ogsd.wire.shapes import result_to_dict, results_from, time_text
 
 # --- tables and migrations ---------------------------------------------------------------
 
@@ -185,19 +184,19 @@ def entry_from_row(row: Row[Any]) -> CacheEntry:
     where = f"cache entry {row.id}"
     return CacheEntry(
         location=_row_location(row, where),
-        order=strs(json.loads(row.order), f"{where}.order"),
+        order=decode(tuple[str, ...], json.loads(row.order), f"{where}.order"),
         results=results_from(json.loads(row.results), f"{where}.results"),
-        metric=enum_value(Metric, row.metric, f"{where}.metric"),
-        created_at=parse_time(row.created_at, f"{where}.created_at"),
-        expires_at=parse_time(row.expires_at, f"{where}.expires_at"),
+        metric=decode(Metric, row.metric, f"{where}.metric"),
+        created_at=decode(datetime, row.created_at, f"{where}.created_at"),
+        expires_at=decode(datetime, row.expires_at, f"{where}.expires_at"),
         entry_id=row.id,
     )
 
 
 def _row_location(row: Row[Any], where: str) -> Location:
     return Location(domain=row.domain,
-                    servers=strs(json.loads(row.servers), f"{where}.servers"),
-                    search=strs(json.loads(row.search), f"{where}.search"))
+                    servers=decode(tuple[str, ...], json.loads(row.servers), f"{where}.servers"),
+                    search=decode(tuple[str, ...], json.loads(row.search), f"{where}.search"))
 
 
 def decision_row(decision: Decision) -> dict[str, object]:
@@ -222,12 +221,12 @@ def decision_from_row(row: Row[Any]) -> Decision:
     where = f"decision {row.id}"
     return Decision(
         location=_row_location(row, where),
-        source=enum_value(Source, row.source, f"{where}.source"),
-        reason=enum_value(Reason, row.reason, f"{where}.reason"),
+        source=decode(Source, row.source, f"{where}.source"),
+        reason=decode(Reason, row.reason, f"{where}.reason"),
         reason_text=row.reason_text,
         selected=row.selected,
-        order=strs(json.loads(row.order), f"{where}.order"),
-        metric=enum_value(Metric, row.metric, f"{where}.metric"),
-        decided_at=parse_time(row.decided_at, f"{where}.decided_at"),
+        order=decode(tuple[str, ...], json.loads(row.order), f"{where}.order"),
+        metric=decode(Metric, row.metric, f"{where}.metric"),
+        decided_at=decode(datetime, row.decided_at, f"{where}.decided_at"),
         results=results_from(json.loads(row.results), f"{where}.results"),
     )

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, Protocol
 
 from ogsd.core.models import CacheEntry, Decision, Gateway
+from ogsd.wire.decode import DecodeError, decode
 from ogsd.wire.shapes import decision_to_dict, entry_to_dict
 
 Json = dict[str, Any]
@@ -167,22 +168,6 @@ def cache_entry_json(entry: CacheEntry) -> Json:
 # --- requests ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Param:
-    kind: type
-    required: bool = False
-    default: Any = None
-    check: Callable[[Any], str | None] | None = None  # returns what is wrong, or None
-
-
-@dataclass(frozen=True, slots=True)
-class Method:
-    attr: str  # Handler attribute
-    write: bool  # changes state: admins only
-    params: dict[str, Param] = field(default_factory=dict)
-    one_of: tuple[str, ...] = ()  # at least one of these params must be given
-
-
 def _check_host(value: str) -> str | None:
     # DNS names are at most 253 characters; whitespace would split log lines and argv.
     if not value or len(value) > 253 or any(c.isspace() or not c.isprintable() for c in value):
@@ -211,6 +196,50 @@ def _check_name(value: str) -> str | None:
     return None
 
 
+# Each method's params, read by ogsd.wire.decode (Annotated adds the checks). A param left
+# out takes its default; one given must have its type: null does not mean "left out".
+
+
+@dataclass(frozen=True, slots=True)
+class NoParams:
+    """What most methods take."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateParams:
+    wait: bool = False
+    connect: bool = False
+    full: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConnectedParams:
+    host: Annotated[str | None, _check_host] = None
+    device: Annotated[str | None, _check_device] = None
+    nm_uuid: Annotated[str | None, _check_uuid] = None
+
+    def __post_init__(self) -> None:
+        if self.host is None and self.nm_uuid is None:
+            raise ValueError("missing param 'host' (or 'nm_uuid')")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyDisconnectedParams:
+    device: Annotated[str | None, _check_device] = None
+
+
+@dataclass(frozen=True, slots=True)
+class NmApplyParams:
+    name: Annotated[str | None, _check_name] = None
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    attr: str  # Handler attribute
+    write: bool  # changes state: admins only
+    params: type[Any] = NoParams  # a dataclass; the Handler gets its fields as keywords
+
+
 METHODS: dict[str, Method] = {
     "status": Method("status", write=False),
     "selection": Method("selection", write=False),
@@ -219,17 +248,12 @@ METHODS: dict[str, Method] = {
     "gateways": Method("gateways", write=False),
     "diag": Method("diag", write=False),
     "watch": Method("subscribe", write=False),
-    "evaluate": Method("evaluate", write=True, params={"wait": Param(bool, default=False),
-                                                       "connect": Param(bool, default=False),
-                                                       "full": Param(bool, default=False)}),
+    "evaluate": Method("evaluate", write=True, params=EvaluateParams),
     "cache.clear": Method("cache_clear", write=True),
-    "notify.connected": Method("notify_connected", write=True, params={
-        "host": Param(str, check=_check_host),
-        "device": Param(str, check=_check_device),
-        "nm_uuid": Param(str, check=_check_uuid)}, one_of=("host", "nm_uuid")),
-    "notify.disconnected": Method("notify_disconnected", write=True, params={
-        "device": Param(str, check=_check_device)}),
-    "nm.apply": Method("nm_apply", write=True, params={"name": Param(str, check=_check_name)}),
+    "notify.connected": Method("notify_connected", write=True, params=NotifyConnectedParams),
+    "notify.disconnected": Method("notify_disconnected", write=True,
+                                  params=NotifyDisconnectedParams),
+    "nm.apply": Method("nm_apply", write=True, params=NmApplyParams),
     "notify.sleep": Method("notify_sleep", write=True),
     "notify.resume": Method("notify_resume", write=True),
     "reload": Method("reload", write=True),
@@ -249,34 +273,26 @@ def _printable(text: str) -> str:
     return shown if len(shown) <= 100 else shown[:97] + "..."
 
 
-def _validate(name: str, method: Method, params: Json) -> Json:
-    """Params with defaults filled in, or ApiError(BAD_PARAMS) naming the problem."""
-    unknown = sorted(set(params) - set(method.params))
+def _params(name: str, method: Method, params: Json) -> Json:
+    """The method's keyword arguments, defaults filled in, or ApiError(BAD_PARAMS) naming
+    the problem."""
+    unknown = sorted(set(params) - {f.name for f in fields(method.params)})
     if unknown:
         # The client's text, escaped: an error is one line whatever it sent.
         shown = ", ".join(_printable(u) for u in unknown)
         raise ApiError(BAD_PARAMS, f"{name}: unknown param(s): {shown}")
-    out: Json = {}
-    for key, spec in method.params.items():
-        if key not in params:
-            if spec.required:
-                raise ApiError(BAD_PARAMS, f"{name}: missing param '{key}'")
-            out[key] = spec.default
-            continue
-        value = params[key]
-        if type(value) is not spec.kind:  # exact: JSON true must not pass as an int
-            got = _JSON_TYPES.get(type(value), type(value).__name__)
-            raise ApiError(BAD_PARAMS, f"{name}: param '{key}' must be "
-                                       f"{_JSON_TYPES[spec.kind]}, got {got}")
-        problem = spec.check(value) if spec.check else None
-        if problem:
-            raise ApiError(BAD_PARAMS, f"{name}: param '{key}' {problem}")
-        out[key] = value
-    if method.one_of and all(out[key] is None for key in method.one_of):
-        first, *others = method.one_of
-        raise ApiError(BAD_PARAMS, f"{name}: missing param '{first}' "
-                                   f"(or {', '.join(repr(o) for o in others)})")
-    return out
+    try:
+        decoded = decode(method.params, params, name, nulls=False)
+    except DecodeError as exc:
+        if len(exc.path) == 1:  # the params together, e.g. neither of two alternatives
+            raise ApiError(BAD_PARAMS, f"{name}: {exc.problem}") from None
+        what = f"{name}: param '{exc.path[1]}'"
+        if exc.expected in _JSON_TYPES:
+            got = _JSON_TYPES.get(type(exc.got), type(exc.got).__name__)
+            raise ApiError(BAD_PARAMS, f"{what} must be {_JSON_TYPES[exc.expected]}, "
+                                       f"got {got}") from None
+        raise ApiError(BAD_PARAMS, f"{what} {exc.problem}") from None
+    return {f.name: getattr(decoded, f.name) for f in fields(decoded)}
 
 
 def decode_request(line: bytes) -> Json:
@@ -316,4 +332,4 @@ def resolve_request(request: Json) -> tuple[str, Method, Json]:
         params = {}
     if not isinstance(params, dict):
         raise ApiError(BAD_PARAMS, f"{name}: 'params' must be an object")
-    return name, method, _validate(name, method, params)
+    return name, method, _params(name, method, params)

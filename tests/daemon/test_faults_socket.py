@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +360,7 @@ async def test_a_thousand_concurrent_clients(
 # Not fuzzed: cache.clear (it deletes what the suite checks is kept; its refusal and
 # effect are tested elsewhere).
 FUZZ_METHODS = sorted(set(METHODS) - {"cache.clear"})
-PARAM_NAMES = sorted({p for m in METHODS.values() for p in m.params} | {"x"})
+PARAM_NAMES = sorted({f.name for m in METHODS.values() for f in fields(m.params)} | {"x"})
 
 json_scalars = (st.none() | st.booleans() | st.integers() | st.floats()
                 | st.text(max_size=20))

@@ -310,6 +310,15 @@ def test_state_is_saved_whole_and_survives_reopening(db_path: Path) -> None:
         assert con.execute("SELECT count(*) FROM state").fetchone() == (1,)
 
 
+def test_state_written_by_another_version_loads(db_path: Path) -> None:
+    Store.open(db_path).close()
+    with raw(db_path) as con:  # a field this ogsd lacks, and none of the others
+        con.execute("INSERT INTO state VALUES (1, ?)",
+                    (json.dumps({"connected": "vpn-a.example", "from_the_future": [1]}),))
+    with Store.open(db_path) as store:
+        assert store.load_state() == DaemonState(connected="vpn-a.example")
+
+
 # --- the file ------------------------------------------------------------------------------
 
 
@@ -401,6 +410,10 @@ def test_v1_database_is_migrated_and_keeps_its_data(db_path: Path) -> None:
         assert (found.entry_id, found.order, found.results[0].rtt(Metric.EXCHANGE)) == \
             (7, ("vpn-a.example",), 30.5)
         assert [d.reason_text for d in store.decisions()] == ["fresh"]
+        # Its results have neither "family" nor "proxy" (no proxies then): both are derived
+        # or default.
+        assert store.decisions()[0].results == found.results
+        assert (found.results[0].family, found.results[0].proxy) == ("IPv4", None)
         assert store.load_state() == DaemonState(last_gateway="vpn-a.example")
         assert found.location.search == ()  # v3: no other search domains were known
         store.save_entry(entry())  # and it is writable at the new version
