@@ -55,7 +55,8 @@ def _hints(tp: type) -> dict[str, Any]:
 
 def _wrong(tp: type, value: object, path: Path, or_null: bool) -> DecodeError:
     expected = f"{_KINDS[tp]}{' or null' if or_null else ''}"
-    return DecodeError(path, f"expected {expected}, got {value!r}", tp, value)
+    shown = "null" if value is None else repr(value)  # the input was JSON
+    return DecodeError(path, f"expected {expected}, got {shown}", tp, value)
 
 
 def _decode(tp: Any, value: object, path: Path, nulls: bool, or_null: bool = False) -> Any:
