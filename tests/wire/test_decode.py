@@ -111,7 +111,7 @@ def bad(**changes: object) -> dict[str, Any]:
     (float, False, "v: expected a number, got False"),
     (float | None, "x", "v: expected a number or null, got 'x'"),
     (bool, 1, "v: expected true or false, got 1"),
-    (str, None, "v: expected text, got None"),
+    (str, None, "v: expected text, got null"),
     (str | None, 5, "v: expected text or null, got 5"),
     (tuple[str, ...], "ab", "v: expected a list, got 'ab'"),
     (tuple[str, ...], ["a", 2], "v[1]: expected text, got 2"),
@@ -123,13 +123,13 @@ def bad(**changes: object) -> dict[str, Any]:
     (datetime, 5, "v: expected an ISO 8601 time, got 5"),
     (Outer, [1], "v: expected an object, got [1]"),
     (Outer, {k: v for k, v in GOOD.items() if k != "flag"}, "v: missing 'flag'"),
-    (Outer, bad(name=None), "v.name: expected text, got None"),
+    (Outer, bad(name=None), "v.name: expected text, got null"),
     (Outer, bad(inners=[{"n": 1}, {"x": 1}]), "v.inners[1]: missing 'n'"),
     (Outer, bad(inners=[{"n": "1"}]), "v.inners[0].n: expected an integer, got '1'"),
     (Outer, bad(inners=[{"n": 1, "x": "x"}]),
      "v.inners[0].x: expected a number or null, got 'x'"),
     (Outer, bad(maybe=3), "v.maybe: expected an object or null, got 3"),
-    (Outer, bad(tags=[None]), "v.tags[0]: expected text, got None"),
+    (Outer, bad(tags=[None]), "v.tags[0]: expected text, got null"),
     (Outer, bad(code="abcd"), "v.code: must be at most 3 characters"),
     (Outer, bad(code=4), "v.code: expected text or null, got 4"),
     (Outer, bad(name="bad"), "v: name may not be 'bad'"),  # __post_init__ refused it
@@ -143,12 +143,12 @@ def test_bad_input_names_the_path(tp: Any, value: object, message: str) -> None:
 
 def test_without_nulls_an_optional_field_may_be_absent_but_not_null() -> None:
     assert decode(Inner, {"n": 1}, "p", nulls=False) == Inner(1)
-    with pytest.raises(DecodeError, match=r"^p\.x: expected a number, got None$") as caught:
+    with pytest.raises(DecodeError, match=r"^p\.x: expected a number, got null$") as caught:
         decode(Inner, {"n": 1, "x": None}, "p", nulls=False)
     # What the socket API words its own errors from.
     assert (caught.value.path, caught.value.expected, caught.value.got) == (("p", "x"), float,
                                                                             None)
-    assert (caught.value.problem) == "expected a number, got None"
+    assert (caught.value.problem) == "expected a number, got null"
 
 
 @pytest.mark.parametrize("tp", [bytes, int | str, tuple[int, str], dict[str, int]])
