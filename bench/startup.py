@@ -3,7 +3,7 @@
 Measured on the lab of `make demo` (4 gateways at 20/45/80/150 ms, the nearest stalling its
 TLS handshake by 150 ms), with the console scripts of this build, and, with `--before
 VENV`, of another build installed in VENV (e.g. the commit before the layers issue), in
-the same run, so the figures compare:
+the same run, the builds taking turns run by run, so the figures compare:
 
 - `ogsd --help`: spawn to exit;
 - `ogsctl status` end to end against a running `ogsd run` (of the same build);
@@ -24,13 +24,14 @@ An editable install (`make`'s .venv) pays ~10 ms per start for its import hook; 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,18 +68,26 @@ class Build:
         return str(self.bin / "python")
 
 
-def timed(argv: Sequence[str], runs: int) -> list[float]:
-    """ms from spawn to exit of `argv`, `runs` times (after one unmeasured warm-up)."""
-    out = []
+def run_once(argv: Sequence[str]) -> float:
+    """ms from spawn to exit of `argv`."""
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                          check=False)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if done.returncode not in (0, 1):
+        raise BenchError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return elapsed
+
+
+def alternating(argvs: Mapping[str, Sequence[str]], runs: int) -> dict[str, list[float]]:
+    """ms per run of each build's `argv`, the builds taking turns run by run (after one
+    unmeasured warm-up each), so a change in the machine's load falls on both alike."""
+    out: dict[str, list[float]] = {label: [] for label in argvs}
     for i in range(runs + 1):
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                              check=False)
-        elapsed = (time.perf_counter() - t0) * 1000
-        if done.returncode not in (0, 1):
-            raise BenchError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-        if i:
-            out.append(elapsed)
+        for label, argv in argvs.items():
+            elapsed = run_once(argv)
+            if i:
+                out[label].append(elapsed)
     return out
 
 
@@ -93,28 +102,42 @@ def _row(id: str, title: str, unit: str, now: list[float], *, before: list[float
                   note=note)
 
 
-def measure_build(build: Build, lab: Lab, config: str, runs: int) -> dict[str, list[float]]:
-    """Every figure of one build, in its own daemon and state directory."""
-    fig: dict[str, list[float]] = {}
-    fig["help"] = timed([build.script("ogsd"), "--help"], runs)
-    with LabDaemon(lab, config, command=[build.python, "-m", "ogsd"]) as daemon:
-        readies = []
+def measure_builds(builds: Sequence[Build], lab: Lab, config: str,
+                   runs: int) -> dict[str, dict[str, list[float]]]:
+    """Every figure of each build (its own daemon and state directory), taking turns."""
+    fig: dict[str, dict[str, list[float]]] = {b.label: {} for b in builds}
+
+    def store(key: str, values: Mapping[str, list[float]]) -> None:
+        for label, samples in values.items():
+            fig[label][key] = samples
+
+    store("help", alternating({b.label: [b.script("ogsd"), "--help"] for b in builds}, runs))
+    with contextlib.ExitStack() as stack:
+        daemons = {b.label: stack.enter_context(
+            LabDaemon(lab, config, command=[b.python, "-m", "ogsd"])) for b in builds}
+        readies: dict[str, list[float]] = {label: [] for label in daemons}
         for _ in range(runs):
-            readies.append(daemon.start() * 1000)
-            daemon.wait_decided()
-            daemon.stop()
-        fig["ready"] = readies
-        daemon.start()
-        fig["rss"] = [settle(daemon)["VmRSS"]]
-        fig["status"] = timed([build.script("ogsctl"), "--socket", str(daemon.socket),
-                               "status"], runs)
+            for label, daemon in daemons.items():
+                readies[label].append(daemon.start() * 1000)
+                daemon.wait_decided()
+                daemon.stop()
+        store("ready", readies)
+        for label, daemon in daemons.items():
+            daemon.start()
+            fig[label]["rss"] = [settle(daemon)["VmRSS"]]
+        store("status", alternating({b.label: [b.script("ogsctl"), "--socket",
+                                               str(daemons[b.label].socket), "status"]
+                                     for b in builds}, runs))
     with tempfile.TemporaryDirectory(prefix="obs", dir="/tmp") as tmp:
         cfg = Path(tmp) / "ogsd.toml"
         cfg.write_text(config)
-        evaluate = ["ip", "netns", "exec", lab.client_ns, build.script("ogsd"), "-q",
-                    "evaluate", "--config", str(cfg), "--state-dir", str(Path(tmp) / "state")]
-        fig["evaluate_cached"] = timed(evaluate, runs)  # the warm-up run caches the location
-        fig["evaluate_round"] = timed([*evaluate, "--no-cache"], runs)
+        evaluate = {b.label: ["ip", "netns", "exec", lab.client_ns, b.script("ogsd"), "-q",
+                              "evaluate", "--config", str(cfg), "--state-dir",
+                              str(Path(tmp) / f"state-{b.label}")] for b in builds}
+        # The warm-up run caches the location.
+        store("evaluate_cached", alternating(evaluate, runs))
+        store("evaluate_round", alternating(
+            {label: [*argv, "--no-cache"] for label, argv in evaluate.items()}, runs))
     return fig
 
 
@@ -125,14 +148,13 @@ def measure(runs: int, venv: Path, before: Path | None) -> list[Row]:
     builds = [Build("now", venv / "bin")]
     if before is not None:
         builds.append(Build("before", before / "bin"))
-    figures: dict[str, dict[str, list[float]]] = {}
     with Lab.up(spec, lab_name()) as lab:
-        floor = timed(["ip", "netns", "exec", lab.client_ns, "true"], runs)
-        print(f"`ip netns exec` alone: {statistics.median(floor):.1f} ms (median)")
-        for build in builds:
-            figures[build.label] = measure_build(build, lab, config, runs)
-            for key, values in figures[build.label].items():
-                print(f"{build.label} {key}: {' '.join(f'{v:.1f}' for v in values)}")
+        floor = alternating({"floor": ["ip", "netns", "exec", lab.client_ns, "true"]}, runs)
+        print(f"`ip netns exec` alone: {statistics.median(floor['floor']):.1f} ms (median)")
+        figures = measure_builds(builds, lab, config, runs)
+    for label, values_by_key in figures.items():
+        for key, values in values_by_key.items():
+            print(f"{label} {key}: {' '.join(f'{v:.1f}' for v in values)}")
     now, old = figures["now"], figures.get("before")
 
     def pick(key: str) -> list[float] | None:
