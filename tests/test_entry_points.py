@@ -61,3 +61,14 @@ def test_ogsctl_status_without_a_daemon_loads_no_heavy_library(tmp_path: Path) -
 def test_the_check_sees_a_heavy_import() -> None:
     # The probe itself must be able to fail.
     assert _loaded_after("import sqlalchemy") == ["sqlalchemy"]
+
+
+def test_the_daemon_loads_the_prober_and_dns_resolver_only_when_a_round_needs_them() -> None:
+    # Before READY=1 `ogsd run` needs the store, the first look and the socket; the
+    # prober (sockets, TLS, name resolution) comes with the first round.
+    code = ("import sys, ogsd.cli, ogsd.daemon.daemon\n"
+            "late = {'ogsd.probing.round', 'ogsd.probing.addresses', 'ogsd.probing.dnsquery',\n"
+            "        'ogsd.sensing.netenv', 'dns.asyncresolver', 'dns.resolver'}\n"
+            "assert not late & set(sys.modules), sorted(late & set(sys.modules))\n")
+    assert _loaded_after(code) == ["anyio", "dbus_fast", "defusedxml", "dns", "pyroute2",
+                                   "sqlalchemy", "structlog"]

@@ -141,7 +141,9 @@ class Daemon:
             log.warning("cannot read the last decision", error=str(exc))
             previous = []
         self.rounds.decision = previous[0] if previous else None
-        await self._observe()
+        # The first look, before READY=1, reads where we are; the resolver rounds use
+        # (dnspython's, ~20 ms of imports) is made after it, before the first round.
+        first, _ = await self.where.observe(None)
         server = self.reloader.server = self._api_server()
         try:
             async with anyio.create_task_group() as tg:
@@ -166,6 +168,8 @@ class Daemon:
                 log.info("ogsd ready", socket=str(self.options.socket_path or "LISTEN_FDS"),
                          gateways=[g.host for g in self.config.gateways])
                 task_status.started()
+                if first.reading is not None:
+                    await self._update_resolver()
                 await self._startup_evaluation()
         finally:
             self.notifier.stopping()
@@ -231,12 +235,16 @@ class Daemon:
         resolv.conf. The view, and whether the location's key set changed."""
         view, changed = await self.where.observe(snapshot)
         if view.reading is not None:
-            try:
-                self.engine.resolver = await anyio.to_thread.run_sync(
-                    resolver_for, self.config.resolv_conf)
-            except DnsConfigError as exc:
-                log.warning("cannot configure a resolver", error=str(exc))
+            await self._update_resolver()
         return view, changed
+
+    async def _update_resolver(self) -> None:
+        """The direct path's resolver, from resolv.conf as it is now."""
+        try:
+            self.engine.resolver = await anyio.to_thread.run_sync(
+                resolver_for, self.config.resolv_conf)
+        except DnsConfigError as exc:
+            log.warning("cannot configure a resolver", error=str(exc))
 
     @property
     def net(self) -> NetState:

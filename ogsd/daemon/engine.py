@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio.to_thread
-import dns.asyncresolver
 import structlog
 
 from ogsd.config.model import Config
@@ -40,6 +39,8 @@ from ogsd.store.persist import Write
 from ogsd.store.store import Store
 
 if TYPE_CHECKING:
+    import dns.asyncresolver
+
     from ogsd.probing.round import RoundOutcome
 
 log = structlog.get_logger("ogsd.daemon.engine")

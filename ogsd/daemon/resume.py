@@ -16,11 +16,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
-from ogsd.sensing.netenv import NetEnvResult
+if TYPE_CHECKING:
+    from ogsd.sensing.netenv import NetEnvResult
 
 # Long enough for a slow Wi-Fi join, DHCP and a hotel's captive DNS; a network that has
 # not come back by then is not the one OGS should be judged on.
@@ -49,7 +51,7 @@ class PendingResume:
                 "give_up_in_s": round(max(0.0, max_wait - waited), 1), "last_test": self.last}
 
 
-Test = Callable[[], Awaitable[NetEnvResult]]
+Test = Callable[[], Awaitable["NetEnvResult"]]
 Decide = Callable[[PendingResume, bool], Awaitable[None]]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,8 +20,10 @@ from ogsd.core.triggers import Trigger
 from ogsd.daemon.resume import PendingResume, ResumeWaiter
 from ogsd.daemon.rounds import Observe, Rounds
 from ogsd.daemon.whereabouts import Whereabouts
-from ogsd.sensing.netenv import NetEnvResult, network_environment_test
 from ogsd.store.persist import Persister
+
+if TYPE_CHECKING:
+    from ogsd.sensing.netenv import NetEnvResult
 
 log = structlog.get_logger("ogsd.daemon.daemon")
 
@@ -82,6 +85,9 @@ class Sleeps:
 
     async def _resume_test(self) -> NetEnvResult:
         """The network-environment test, from the physical uplink while a VPN is up."""
+        # Imported on a resume (its DNS queries need dnspython's wire side), not at start.
+        from ogsd.sensing.netenv import NetEnvResult, network_environment_test  # noqa: PLC0415
+
         view, _ = await self._observe()
         location = self._where.location
         if location is None:

@@ -6,12 +6,14 @@ import io
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
 import dns.exception
 import dns.name
-import dns.resolver
 import structlog
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 from ogsd.core.models import Location
 
@@ -106,6 +108,11 @@ def read_location(resolv_conf: Path | None = None, *, uplink_conf: Path | None =
 
 def resolver_for(resolv_conf: Path | None = None) -> dns.asyncresolver.Resolver:
     """An async resolver configured from resolv.conf (servers, search list, options)."""
+    # dnspython's resolver (~20 ms of imports) is loaded when one is made: reading a
+    # location needs only its name parser.
+    import dns.asyncresolver  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
     path = resolv_conf or RESOLV_CONF
     text = _read_text(path)
     resolver = dns.asyncresolver.Resolver(configure=False)

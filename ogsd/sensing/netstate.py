@@ -15,7 +15,6 @@ import anyio.to_thread
 
 from ogsd.core.models import DaemonState, Location
 from ogsd.core.uplink import Uplink, physical_uplink, tunnel_default
-from ogsd.probing.dnsquery import BoundResolver
 from ogsd.probing.path import ProbePath
 from ogsd.sensing.dnsenv import DnsConfigError
 from ogsd.sensing.location import Reading, Sources, read_location
@@ -99,6 +98,8 @@ class NetState:
         servers = reading.location.servers if reading is not None else ()
         # Gateway names by the physical network's DNS, from the uplink too (a local stub
         # among the servers is asked unbound: ogsd.probing.dnsquery).
+        from ogsd.probing.dnsquery import BoundResolver  # noqa: PLC0415 (only with a VPN up)
+
         resolver = BoundResolver(
             servers, device=view.uplink.device,
             search=(reading.location.domain,) if reading and reading.location.domain else ())
