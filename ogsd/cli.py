@@ -95,7 +95,7 @@ def config_path(arg: Path | None, profiles: Sequence[Path]) -> Path | None:
     return default if default.exists() else None
 
 
-def load(path: Path | None, profiles: Sequence[Path]) -> Config:
+def load(path: Path | None, profiles: Sequence[Path], *, require_gateways: bool = True) -> Config:
     """Load the configuration, turning every input error into BadInput; log its warnings."""
     import structlog
 
@@ -103,7 +103,8 @@ def load(path: Path | None, profiles: Sequence[Path]) -> Config:
     from ogsd.config.model import ConfigError
 
     try:
-        config = load_config(config_path(path, profiles), profiles)
+        config = load_config(config_path(path, profiles), profiles,
+                             require_gateways=require_gateways)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     for warning in config.warnings:  # e.g. a setting the profile does not let users change
@@ -245,7 +246,9 @@ def _run(args: argparse.Namespace) -> int:
     from ogsd.daemon.socketfile import ApiSetupError
 
     profiles = tuple(args.profile)
-    config = load(args.config, profiles)
+    # Installed but not configured yet: the daemon runs and waits (ogsctl status says
+    # for what) instead of failing until systemd gives up on it.
+    config = load(args.config, profiles, require_gateways=False)
     path = config_path(args.config, profiles)
     socket_path = args.socket
     if socket_path is None and not socket_activated():
@@ -260,7 +263,8 @@ def _run(args: argparse.Namespace) -> int:
     store = open_store(options.state_dir)
     with closing(store):
         daemon = Daemon(options, config, store,
-                        load_config=lambda: load_config(path, profiles))
+                        load_config=lambda: load_config(path, profiles,
+                                                        require_gateways=False))
         failures: list[str] = []
         try:
             anyio.run(daemon.run, backend_options={"use_uvloop": True})

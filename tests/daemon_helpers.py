@@ -209,11 +209,12 @@ def keys(decision: Json) -> list[str]:
 async def running_daemon(options: Options, config_path: Path,
                          clock: FakeClock) -> AsyncIterator[tuple[Daemon, DecisionStream]]:
     """`Daemon.run` in this event loop; the stream starts before its first decision."""
-    config = load_config(config_path)
+    # As `ogsd run` loads it: no gateway yet is not an error, the daemon waits.
+    config = load_config(config_path, require_gateways=False)
     store = Store.open(options.state_dir / DB_NAME)
     try:
         daemon = Daemon(options, config, store, clock=clock,
-                        load_config=lambda: load_config(config_path))
+                        load_config=lambda: load_config(config_path, require_gateways=False))
         async with daemon.feed.subscribe() as feed, anyio.create_task_group() as tg:
             await tg.start(daemon.run)
             yield daemon, DecisionStream(feed.__anext__)

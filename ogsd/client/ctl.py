@@ -64,6 +64,8 @@ def format_status(result: dict[str, Any]) -> list[str]:
                                   f"({_text(uplink.get('found_by'))})"))
     if result.get("location_source"):
         rows.insert(4, ("location from", str(result["location_source"])))
+    if result.get("waiting"):
+        rows.insert(0, ("waiting", str(result["waiting"])))
     pending = result.get("resume_pending")
     if isinstance(pending, dict):
         rows.append(("resume", f"waiting for the network ({_text(pending.get('tests'))} tests, "

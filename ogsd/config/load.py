@@ -115,11 +115,14 @@ def _pac_url(ogs: Table) -> str | None:
     return url
 
 
-def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) -> Config:
+def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
+                require_gateways: bool = True) -> Config:
     """Load ogsd.toml (None: none) and the profiles into one validated Config.
 
     `profile_paths`, when given, replace the file's `profiles` list (relative to the
     working directory); without either, AnyConnect's default profile directories are read.
+    No gateway at all is an error unless `require_gateways` is false (the daemon, which
+    waits for a reload that brings some): then it is a warning.
     """
     source, data = read_toml(config_path) if config_path else (Source(None), {})
     base = config_path.parent if config_path else Path()
@@ -161,8 +164,10 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = ()) ->
     nm_config = tables.networkmanager(nm)
     if not gateways and not nm_config.enabled:
         where = ", ".join(str(p) for p in searched) or "none found"
-        raise source.error(None, "no gateways: list [[gateway]] entries or profiles "
-                           f"(profiles read: {where})")
+        missing = f"no gateways: list [[gateway]] entries or profiles (profiles read: {where})"
+        if require_gateways:
+            raise source.error(None, missing)
+        warnings.append(f"{source.error(None, missing)}; waiting for a reload that brings some")
     return Config(
         gateways=tuple(gateways.values()),
         settings=settings,

@@ -108,7 +108,7 @@ def default_layout(env: Mapping[str, str] | None = None) -> Layout:
 
 
 def client_socket(env: Mapping[str, str] | None = None, *, uid: int | None = None,
-                  run_user: Path = RUN_USER) -> Path:
+                  run_user: Path = RUN_USER, system_socket: Path = SYSTEM_SOCKET) -> Path:
     """The socket ogsctl talks to: $OGSD_SOCKET; else the system daemon's if it is there
     (and OGSD_USER_MODE is unset); else the first user-mode candidate that holds a socket
     (a daemon started from a shell that saw other variables); else where a user-mode
@@ -116,10 +116,19 @@ def client_socket(env: Mapping[str, str] | None = None, *, uid: int | None = Non
     env = _environ(env)
     if socket := env.get("OGSD_SOCKET"):
         return Path(socket)
-    if not env.get("OGSD_USER_MODE") and SYSTEM_SOCKET.exists():
-        return SYSTEM_SOCKET
+    if not env.get("OGSD_USER_MODE") and _present(system_socket):
+        return system_socket
     candidates = [d / SOCKET_NAME for d in socket_dirs(env, uid=uid, run_user=run_user)]
     return next((c for c in candidates if c.is_socket()), candidates[0])
+
+
+def _present(path: Path) -> bool:
+    """Whether `path` exists; a directory we may not search (the system socket's /run/ogsd,
+    0750, to a user outside group ogsd) means it is there, not for us: connecting says so."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
 
 
 def prepare_socket_dir(directory: Path, *, uid: int | None = None) -> None:

@@ -89,6 +89,7 @@ class Handlers:
         resume = self._sleeps.resume
         pending = resume.pending
         out["resume_pending"] = None if pending is None else pending.as_json(resume.max_wait)
+        out["waiting"] = rounds.waiting
         return out
 
     def _recommendation(self, state: DaemonState) -> str | None:

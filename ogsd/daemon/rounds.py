@@ -39,8 +39,16 @@ log = structlog.get_logger("ogsd.daemon.daemon")
 
 Json = dict[str, Any]
 Clock = Callable[[], datetime]
+# With no gateway (an installed, not yet configured ogsd) there is nothing to evaluate:
+# the daemon serves and waits for a reload that brings some.
+WAITING = ("no gateways configured: list [[gateway]] entries, AnyConnect profiles or "
+           "[networkmanager] connections in ogsd.toml, then reload (systemctl reload ogsd)")
 # A look at the network: the view, and whether the location's key set changed.
 Observe = Callable[[], Awaitable[tuple[View, bool]]]
+
+
+class _Waiting(Exception):
+    """Nothing to evaluate: no gateway is configured."""
 
 
 @dataclass
@@ -112,6 +120,8 @@ class Rounds:
                 view, _ = await self._observe()
                 if self._nm.config.enabled:  # re-read: a login may have brought a new profile
                     self.use(await self._nm.with_gateways(self.configured))
+                if not self.config.gateways:
+                    raise _Waiting(WAITING)
                 location = self._where.location
                 if location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
@@ -120,6 +130,9 @@ class Rounds:
                     job.trigger, location, slept=job.slept, netenv_ok=job.netenv_ok,
                     path=self._where.net.probe_path(state, view), state=state, full=job.full)
                 job.decision, writes = outcome.decision, outcome.writes
+            except _Waiting as exc:
+                job.error = str(exc)
+                log.info("evaluation skipped", trigger=job.trigger.value, reason=job.error)
             except (DnsConfigError, StoreError, OSError) as exc:
                 job.error = str(exc)
                 log.error("evaluation failed", trigger=job.trigger.value, error=job.error)
@@ -158,7 +171,14 @@ class Rounds:
         out["trigger"] = self.trigger.value if self.trigger else None
         return out
 
+    @property
+    def waiting(self) -> str | None:
+        """What the daemon waits for before it can evaluate at all (None: nothing)."""
+        return None if self.config.gateways else WAITING
+
     def status_line(self) -> str:
+        if self.waiting is not None:
+            return f"waiting: {self.waiting}"
         d = self.decision
         if d is None or d.selected is None:
             return "no gateway selected yet"

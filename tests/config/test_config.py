@@ -213,6 +213,10 @@ def test_missing_default_profile_dirs_are_fine_but_no_gateways_is_not(tmp_path: 
     assert "no gateways" in explicit
     with pytest.raises(ConfigError, match=r"^no gateways"):
         load_config(None, [tmp_path])
+    # The daemon (`ogsd run`) waits for gateways instead: the same words, as a warning.
+    waiting = load_config(tmp_path / "ogsd.toml", require_gateways=False)
+    assert waiting.gateways == ()
+    assert waiting.warnings == (f"{message}; waiting for a reload that brings some",)
 
 
 def test_explicit_missing_profile_is_an_error(tmp_path: Path) -> None:

@@ -82,6 +82,28 @@ def test_client_finds_the_daemon_where_it_listens(tmp_path: Path, home: Path) ->
     assert client_socket(env, run_user=run_user) == run_user / str(UID) / "ogsd" / "ogsd.sock"
 
 
+@pytest.mark.root
+def test_a_system_socket_closed_to_the_user_is_still_the_one(tmp_path: Path) -> None:
+    """Issue 15, found by the package's test (tests/packaging/): to a user outside group
+    ogsd, /run/ogsd (0750) cannot be searched; looking for the socket raised and ogsctl
+    died with a traceback. It is the system daemon's socket: ogsctl uses it and connecting
+    says "permission denied ... ogsd's socket group?" (exit 4)."""
+    closed = private_dir(tmp_path / "run-ogsd", 0o750)
+    (closed / "ogsd.sock").touch()
+    pid = os.fork()
+    if pid == 0:  # the child drops to nobody, who may not search `closed`
+        code = 2
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            found = client_socket({"HOME": "/nonexistent"}, system_socket=closed / "ogsd.sock")
+            code = 0 if found == closed / "ogsd.sock" else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_ogsd_socket_variable_wins_for_both(tmp_path: Path) -> None:
     env = {"OGSD_SOCKET": str(tmp_path / "s.sock"), "HOME": str(tmp_path)}
     assert user_layout(env).socket == client_socket(env) == tmp_path / "s.sock"

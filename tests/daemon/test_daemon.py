@@ -32,6 +32,7 @@ from structlog.testing import capture_logs
 from ogsd.client.conn import Connection
 from ogsd.config.load import load_config
 from ogsd.core.triggers import ALREADY_TEXT, Trigger
+from ogsd.daemon.rounds import WAITING
 from ogsd.lab import Lab, LabSpec
 from ogsd.wire.api import BUSY, FORBIDDEN
 from tests.daemon.test_api import requests_as
@@ -467,6 +468,35 @@ async def test_reload_never_serves_a_removed_gateway_from_the_cache(
         added = await decisions.next()
         assert (added["source"], added["selected"]) == ("probes", FAST)
         assert fast.connections > seen[0]
+
+
+@pytest.mark.anyio
+async def test_without_gateways_it_waits_until_a_reload_brings_some(
+        setup: Setup, servers: tuple[LoopbackServer, LoopbackServer]) -> None:
+    """Issue 15: installed, not configured yet, ogsd serves and says what it waits for
+    (systemd keeps it active instead of restarting it until it fails); the reload that
+    brings gateways evaluates at once."""
+    options = setup.options(watch_network=False, watch_sleep=False)
+    configured = setup.config.read_text()
+    # No [[gateway]] and no profile (an empty list: not even AnyConnect's directories).
+    setup.config.write_text('profiles = []\n' + configured.split("[[gateway]]")[0])
+    async with (running_daemon(options, setup.config, FakeClock()) as (daemon, decisions),
+                api_client(setup.socket) as client):
+        status = await client.result("status")
+        assert (status["waiting"], status["selected"]) == (WAITING, None)
+        assert daemon.rounds.status_line() == f"waiting: {WAITING}"
+        out = await anyio.to_thread.run_sync(ogsctl, setup.socket, "status")
+        assert out.splitlines()[0].split(None, 1) == ["waiting:", WAITING]
+        error = (await client.call("evaluate", {"wait": True}))["error"]
+        assert error["message"] == f"evaluation failed: {WAITING}"
+        assert counts(*servers) == (0, 0)
+
+        setup.config.write_text(configured)
+        await client.result("reload")
+        assert (await decisions.next())["selected"] == FAST
+        assert (await client.result("status"))["waiting"] is None
+        out = await anyio.to_thread.run_sync(ogsctl, setup.socket, "status")
+        assert "waiting" not in out
 
 
 @pytest.mark.anyio
