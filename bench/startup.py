@@ -61,11 +61,9 @@ class Build:
     bin: Path
 
     def script(self, name: str) -> str:
+        # The console scripts, never `python -m ogsd`: -m puts the working directory first
+        # on sys.path, so a checkout there would run instead of the build measured.
         return str(self.bin / name)
-
-    @property
-    def python(self) -> str:
-        return str(self.bin / "python")
 
 
 def run_once(argv: Sequence[str]) -> float:
@@ -114,7 +112,7 @@ def measure_builds(builds: Sequence[Build], lab: Lab, config: str,
     store("help", alternating({b.label: [b.script("ogsd"), "--help"] for b in builds}, runs))
     with contextlib.ExitStack() as stack:
         daemons = {b.label: stack.enter_context(
-            LabDaemon(lab, config, command=[b.python, "-m", "ogsd"])) for b in builds}
+            LabDaemon(lab, config, command=[b.script("ogsd")])) for b in builds}
         readies: dict[str, list[float]] = {label: [] for label in daemons}
         for _ in range(runs):
             for label, daemon in daemons.items():

@@ -41,6 +41,8 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
 DIST = REPO / "dist"
 CACHE = REPO / "build" / "nspawn"  # gitignored (build/)
+# What a reader of a run wants to see, as systemd and ogsctl said it (not asserted on).
+TRANSCRIPT = CACHE / "transcript.txt"
 # The root: the least that boots systemd (minbase, systemd, dbus for logind, iproute2);
 # everything else comes with the package's dependencies. Its resolv.conf is the lab's
 # (bound at boot), so the lab's names resolve inside.
@@ -209,6 +211,13 @@ class Container:
             inner = ["runuser", "-u", user, "--", *inner]
         return run(["nsenter", "-t", str(self.leader), "-a", "--", *inner], timeout=timeout)
 
+    def record(self, *argv: str, user: str | None = None) -> None:
+        """Run `argv` inside and append it, with its output, to TRANSCRIPT."""
+        done = self.run(*argv, user=user)
+        prompt = "#" if user is None else f"{user}$"
+        with TRANSCRIPT.open("a") as f:
+            f.write(f"{prompt} {' '.join(argv)}\n{done.stdout}{done.stderr}")
+
     def out(self, *argv: str, **kwargs: Any) -> str:
         """stdout of a command that must succeed."""
         done = self.run(*argv, **kwargs)
@@ -306,6 +315,8 @@ def container(installed: Installed, module_lab_factory: LabFactory) -> Iterator[
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "NOTIFY_SOCKET": str(notify)}, start_new_session=True)
         leader = receive_until_ready(sock, process, console)
+        TRANSCRIPT.write_text(f"# (apt-get install ./{installed.deb}: "
+                              f"{installed.seconds:.0f} s)\n")
         yield Container(installed, process, leader, console)
     finally:
         sock.close()
@@ -406,6 +417,9 @@ def test_configured_it_selects_the_nearest_lab_gateway(container: Container) -> 
     status = container.ogsctl_json("status")
     assert (status["source"], status["waiting"]) == ("probes", None)
     assert container.out("systemctl", "is-active", "ogsd.service") == "active"
+    container.record("systemctl", "status", "--no-pager", "--lines=5", "ogsd.service")
+    container.record("ogsctl", "status")
+    container.record("ogsctl", "results")
 
 
 def test_journal_carries_the_ogs_texts_as_fields(container: Container) -> None:
@@ -455,6 +469,8 @@ def test_watchdog_restarts_a_daemon_that_stops_pinging(container: Container) -> 
                    timeout=WATCHDOG_TIMEOUT_S)
     said = container.out("journalctl", "--no-pager", "--output=cat", "--unit=ogsd.service")
     assert "ogsd.service: Watchdog timeout (limit 30s)!" in said
+    container.record("sh", "-c", "journalctl --no-pager --output=short-precise "
+                     "--unit=ogsd.service | grep -E 'Watchdog|Scheduled restart|ready' | tail -4")
     assert container.restarts() == restarts + 1
     container.wait("the decision back", lambda: container.ogsctl_json("status").get(
         "selected") == BEST)
@@ -488,6 +504,8 @@ def test_sleep_hook_reaches_the_daemon(container: Container) -> None:
         f"_SYSTEMD_INVOCATION_ID={invocation}", "MESSAGE=evaluation planned",
         "OGSD_TRIGGER=resume")))
     assert container.show("ogsd.service", "InvocationID")["InvocationID"] == invocation
+    container.record("sh", "-c", "journalctl --no-pager --output=short-precise "
+                     "--unit=ogsd.service | grep -E 'sleep|resume' | tail -6")
 
 
 def test_restart_by_the_resume_hook_loses_nothing(container: Container) -> None:
