@@ -10,6 +10,7 @@ in `ogsd.daemon.handlers`, sleep and resume in `ogsd.daemon.sleep`, a reload in
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import signal
 from collections.abc import Callable
@@ -49,6 +50,9 @@ from ogsd.wire.api import ApiError
 
 if TYPE_CHECKING:
     from ogsd.daemon.metrics import Metrics
+
+# Imported after READY=1, in a worker thread: the prober and the network-environment test.
+WARM_UP_MODULES = ("ogsd.probing.round", "ogsd.sensing.netenv")
 
 log = structlog.get_logger("ogsd.daemon.daemon")
 
@@ -170,6 +174,10 @@ class Daemon:
                 task_status.started()
                 if first.reading is not None:
                     await self._update_resolver()
+                # What READY=1 did not wait for loads off the event loop, before a round or
+                # a resume first needs it (an import runs module code: ~40 ms here).
+                for module in WARM_UP_MODULES:
+                    await anyio.to_thread.run_sync(importlib.import_module, module)
                 await self._startup_evaluation()
         finally:
             self.notifier.stopping()
