@@ -226,6 +226,19 @@ async def running_daemon(options: Options, config_path: Path,
 # --- sd_notify ----------------------------------------------------------------------------
 
 
+@contextmanager
+def datagram_socket(name: str, timeout: float) -> Iterator[tuple[socket.socket, str]]:
+    """A Unix datagram socket bound in a private short directory, and its path (AF_UNIX
+    paths hold 108 bytes: pytest's tmp_path can exceed that)."""
+    with tempfile.TemporaryDirectory(prefix="dgm") as tmp:
+        path = os.path.join(tmp, name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(timeout)
+        with sock:
+            yield sock, path
+
+
 class NotifySocket:
     """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
 

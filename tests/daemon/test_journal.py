@@ -8,7 +8,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import structlog
 
 from ogsd.daemon import journal, logs
+from tests.daemon_helpers import datagram_socket
 
 RECV_TIMEOUT_S = 5.0
 
@@ -48,14 +48,8 @@ def _sink_closed() -> Iterator[None]:
 
 @pytest.fixture
 def journald() -> Iterator[tuple[socket.socket, str]]:
-    # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can exceed that.
-    with tempfile.TemporaryDirectory(prefix="jnl") as tmp:
-        path = os.path.join(tmp, "socket")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(RECV_TIMEOUT_S)
-        with sock:
-            yield sock, path
+    with datagram_socket("socket", RECV_TIMEOUT_S) as bound:
+        yield bound
 
 
 def test_an_event_is_an_entry_with_its_text_as_message_and_keys_as_fields(

@@ -24,6 +24,7 @@ from ogsd.daemon.sdnotify import (
     listen_fds_with_names,
     watchdog_loop,
 )
+from tests.daemon_helpers import datagram_socket
 
 RECV_TIMEOUT_S = 5.0  # bound on every wait for a datagram: a failure, not a hang
 
@@ -31,14 +32,8 @@ RECV_TIMEOUT_S = 5.0  # bound on every wait for a datagram: a failure, not a han
 @pytest.fixture
 def receiver() -> Iterator[tuple[socket.socket, str]]:
     """A datagram socket bound where systemd's NOTIFY_SOCKET would be."""
-    # A short directory: AF_UNIX paths are limited to 108 bytes, pytest's tmp_path can exceed.
-    with tempfile.TemporaryDirectory(prefix="sdn") as tmp:
-        path = os.path.join(tmp, "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(RECV_TIMEOUT_S)
-        with sock:
-            yield sock, path
+    with datagram_socket("notify", RECV_TIMEOUT_S) as bound:
+        yield bound
 
 
 def recv_fields(sock: socket.socket) -> list[str]:
