@@ -60,7 +60,7 @@ class Whereabouts:
             self.watcher.set_gateways(watched)
         if snapshot is None:
             snapshot = await self._snapshot(watched)
-        state = await self._track_tunnel(snapshot, state)
+        state, snapshot = await self._track_tunnel(snapshot, state, watched)
         view = await self.net.look(state, snapshot)
         uplink = view.uplink
         if (uplink is not None and uplink.source != "remembered"
@@ -87,6 +87,11 @@ class Whereabouts:
         if (watcher is not None and last is not None and last[0] is watcher
                 and last[2] == watched and watcher.quiet_since(last[1])):
             return last[3]
+        return await self._dump(watched)
+
+    async def _dump(self, watched: list[str]) -> NetSnapshot:
+        """The routing state read now (and kept for `_snapshot`)."""
+        watcher = self.watcher
         mark = watcher.event_mark() if watcher is not None else None
         snapshot = await self.net.snapshot(watched)
         self._last_dump = (watcher, mark, watched, snapshot) if watcher is not None else None
@@ -99,26 +104,41 @@ class Whereabouts:
             addresses.add(state.connected_address)
         return sorted(addresses)
 
-    async def _track_tunnel(self, snap: NetSnapshot, state: DaemonState) -> DaemonState:
-        """Connected or not, as the routes show; the client's word stands until they do."""
+    async def _track_tunnel(self, snap: NetSnapshot, state: DaemonState,
+                            watched: list[str]) -> tuple[DaemonState, NetSnapshot]:
+        """Connected or not, as the routes show; the client's word stands until they do.
+
+        The state, and the snapshot the view is to be built on.
+        """
         if state.connected is None:
             found = detect_tunnel(snap.tunnels, snap.defaults, snap.host_routes,
                                   self._gateways_by_address())
             if found is None:
-                return state
+                return state, snap
             log.info("VPN connection detected from routes", host=found.host,
                      device=found.device, address=found.address)
             return await self.connected(found.host, device=found.device,
-                                        address=found.address, by="routes")
+                                        address=found.address, by="routes"), snap
         if state.connected_device is None and state.connected_by != "routes":
-            return state  # a client said so and named no device: it will say when it ends
-        why = tunnel_gone(device=state.connected_device, address=state.connected_address,
-                          tunnels=snap.tunnels, links=[name for name, _ in snap.links],
-                          host_routes=snap.host_routes)
+            return state, snap  # a client said so and named no device: it says when it ends
+        why = self._gone(state, snap)
+        if why is not None:
+            # Only a dump read now may end a connection. The snapshot in hand may be older
+            # than the client's word: a watcher's change waits in its queue while a client
+            # moves its session to another gateway on the same device name (tun0 gone,
+            # tun0 back, "connected" reported in between).
+            snap = await self._dump(watched)
+            why = self._gone(state, snap)
         if why is None:
-            return state
+            return state, snap
         log.info("VPN connection gone", host=state.connected, why=why)
-        return await self.disconnected(state)
+        return await self.disconnected(state), snap
+
+    @staticmethod
+    def _gone(state: DaemonState, snap: NetSnapshot) -> str | None:
+        return tunnel_gone(device=state.connected_device, address=state.connected_address,
+                           tunnels=snap.tunnels, links=[name for name, _ in snap.links],
+                           host_routes=snap.host_routes)
 
     async def connected(self, host: str, *, device: str | None, address: str | None,
                         by: str) -> DaemonState:
@@ -141,7 +161,16 @@ class Whereabouts:
         return await self.persister.update_state(**changes)
 
     async def disconnected(self, state: DaemonState) -> DaemonState:
-        """Record that the VPN connection in `state` ended."""
+        """Record that the VPN connection in `state` ended, unless a newer one was
+        recorded meanwhile (the state was read before an await: a client may have
+        reported its next session since)."""
+        now = self.persister.known()  # no await between this check and the write
+        if ((now.connected, now.connected_device, now.last_connect_at)
+                != (state.connected, state.connected_device, state.last_connect_at)):
+            log.info("VPN disconnect not recorded: a newer connection was reported",
+                     ended=state.connected, current=now.connected,
+                     device=now.connected_device)
+            return now
         log.info("VPN disconnected", host=state.connected, device=state.connected_device)
         return await self.persister.update_state(
             connected=None, connected_device=None, connected_address=None, connected_by=None,
