@@ -172,7 +172,8 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     if args.json:
         print(json.dumps(decision_to_dict(decision)))
     else:
-        for line in selection_table(table_rows(decision), decision.selected):
+        gateways = engine.config.gateways
+        for line in selection_table(table_rows(decision, gateways), decision.selected):
             print(line)
         print(f"Source: {decision.source.value} ({decision.reason_text})")
         if len(decision.order) > 1:

@@ -58,6 +58,22 @@ def hook_script() -> str:
     return script_value(str(HOOK), os.access(HOOK, os.X_OK))
 
 
+def connect_protocol(given: str | None, options: UserOptions, portal: str | None) -> str | None:
+    """The VPN protocol asked for (--protocol, or openconnect's own --protocol among the
+    arguments); OptionError for what contradicts it."""
+    if given and options.protocol and given != options.protocol:
+        raise OptionError(f"--protocol {given} and openconnect's --protocol "
+                          f"{options.protocol} disagree")
+    protocol = given or options.protocol
+    if portal is not None and protocol != "gp":
+        raise OptionError(f"unexpected argument {portal!r}: the server is ogsd's choice "
+                          "(a GlobalProtect portal goes with --protocol gp)")
+    if protocol == "gp" and options.authgroup is not None:
+        raise OptionError("--authgroup cannot be used with --protocol gp: the gateway is "
+                          "ogsd's choice (ogsctl connect passes it as --authgroup)")
+    return protocol
+
+
 def command_lines(plan: Plan, openconnect: str, options: UserOptions) -> list[list[str]]:
     script = hook_script()
     return [command(openconnect, script, a, options) for a in plan.attempts]
@@ -76,7 +92,8 @@ def dry_run(plan: Plan, openconnect: str, options: UserOptions, *, as_json: bool
             "openconnect": openconnect, "hook": str(HOOK), "stdin": stdin,
             "user_script": options.script, "tcp_precheck": options.direct,
             "attempts": [{"host": a.host, "port": a.port, "primary": a.primary,
-                          "user_group": a.user_group, "role": a.role, "argv": argv}
+                          "user_group": a.user_group, "role": a.role, "portal": a.portal,
+                          "authgroup": a.authgroup, "argv": argv}
                          for a, argv in zip(plan.attempts, argvs, strict=True)],
         }
         print(json.dumps(doc, indent=2))
@@ -89,6 +106,8 @@ def dry_run(plan: Plan, openconnect: str, options: UserOptions, *, as_json: bool
              "before cannot establish the session):"]
     for n, (attempt, argv) in enumerate(zip(plan.attempts, argvs, strict=True), 1):
         group = f", group '{attempt.user_group}'" if attempt.user_group else ""
+        if attempt.portal is not None:
+            group = f", gateway '{attempt.authgroup}' of portal {attempt.portal}"
         lines += [f"  {n}. {attempt.label}  ({attempt.role}{group})",
                   f"     {shlex.join(argv)}"]
     if options.replay_stdin:
@@ -116,10 +135,14 @@ def read_secret() -> bytearray:
 def run(args: argparse.Namespace, socket_path: str) -> int:
     """`ogsctl connect`; the exit status (openconnect's, once it ran)."""
     raw = list(args.openconnect_args or [])
+    portal = None
+    if raw and raw[0] != "--" and not raw[0].startswith("-"):
+        portal = raw.pop(0)  # ogsctl connect --protocol gp PORTAL [-- ARGS]
     if raw[:1] == ["--"]:
         raw = raw[1:]
     try:
         options = scan_options(raw)
+        protocol = connect_protocol(args.protocol, options, portal)
     except OptionError as exc:
         say(f"connect: {exc}")
         return EXIT_USAGE
@@ -135,7 +158,8 @@ def run(args: argparse.Namespace, socket_path: str) -> int:
             "(ogsctl connect --dry-run works without)")
         return EXIT_ERROR
     try:
-        plan = fetch_plan(socket_path, read_only_ok=args.dry_run)
+        plan = fetch_plan(socket_path, read_only_ok=args.dry_run, protocol=protocol,
+                          portal=portal)
     except CtlError as exc:
         say(exc.message)
         return exc.code

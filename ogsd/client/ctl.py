@@ -23,7 +23,7 @@ from ogsd.client.conn import (
     CtlError,
 )
 from ogsd.config.paths import client_socket
-from ogsd.core.report import path_note, row_note, selection_table
+from ogsd.core.report import path_note, row_note, selection_table, with_tier
 
 # --- human output -------------------------------------------------------------
 
@@ -99,7 +99,8 @@ def format_results(result: dict[str, Any]) -> list[str]:
         family, proxy = (_text(row.get(k), "") or None for k in ("family", "proxy"))
         note = (row_note(None if error is None else str(error)) if rtt is None
                 else path_note(family, proxy))
-        rows.append((_text(row.get("host"), "?"), rtt, note))
+        tier = _text(row.get("tier"), "") or None
+        rows.append((_text(row.get("host"), "?"), rtt, with_tier(note, tier)))
     selected = result.get("selected")
     lines = []
     if result.get("source") == "cache":
@@ -299,7 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="after resume, move the session to the gateway ogsd selects")
     connect.add_argument("--openconnect", metavar="PATH",
                          help="the openconnect to run (default: openconnect on $PATH)")
-    connect.add_argument("openconnect_args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+    connect.add_argument("--protocol", choices=("anyconnect", "gp"),
+                         help="the VPN protocol (default: what ogsd's gateways speak); "
+                              "gp: log into the GlobalProtect portal (PORTAL, after the "
+                              "options; default: the one in ogsd.toml) and choose ogsd's "
+                              "gateway there")
+    connect.add_argument("openconnect_args", nargs=argparse.REMAINDER,
+                         metavar="[PORTAL] -- ARGS",
                          help="passed to openconnect untouched (e.g. -- -u alice)")
     add("watch", "print each decision as it happens, until Ctrl-C")
     nm_apply = add("nm-apply", "point NetworkManager's openconnect connections at the "

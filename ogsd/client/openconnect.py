@@ -62,6 +62,8 @@ class UserOptions:
     script: str | None  # the user's own --script: ogsd's hook runs it (as $VPNC_SCRIPT)
     usergroup: str | None  # the user's own --usergroup: wins over the profile's UserGroup
     direct: bool  # no proxy/--resolve/--config: ogsctl may check TCP to the server first
+    protocol: str | None = None  # the user's own --protocol (the last one: getopt's)
+    authgroup: str | None = None  # the user's own --authgroup
 
 
 def _long_name(text: str) -> str:
@@ -124,9 +126,13 @@ def scan_options(args: Sequence[str]) -> UserOptions:
                       ("script-tun", "openconnect's --script would no longer be ogsd's hook")):
         if name in names:
             raise OptionError(f"--{name} cannot be used with ogsctl connect: {why}")
-    script = usergroup = None
+    script = usergroup = protocol = authgroup = None
     drop: set[int] = set()
     for name, given, first, count in seen:
+        if name == "protocol":
+            protocol = given
+        elif name == "authgroup":
+            authgroup = given
         if name == "script":
             if not given or any(c.isspace() for c in given):
                 raise OptionError(f"--script {given!r}: ogsd's hook runs your script as "
@@ -140,7 +146,7 @@ def scan_options(args: Sequence[str]) -> UserOptions:
     return UserOptions(
         args=tuple(a for k, a in enumerate(args) if k not in drop),
         replay_stdin=bool(names & STDIN_OPTIONS), script=script, usergroup=usergroup,
-        direct=not names & INDIRECT_OPTIONS)
+        direct=not names & INDIRECT_OPTIONS, protocol=protocol, authgroup=authgroup)
 
 
 # --- attempts ------------------------------------------------------------------------
@@ -155,23 +161,36 @@ class Attempt:
     primary: str  # the HostEntry it belongs to (itself, for a primary)
     user_group: str | None  # the HostEntry's UserGroup (a backup uses its primary's)
     role: str  # why it is tried at this place, for the user
+    # GlobalProtect: openconnect logs into the portal and is told the gateway by its label
+    # (--authgroup: main.c match_choice_label(), a case-insensitive prefix of the label).
+    portal: str | None = None
+    authgroup: str | None = None
 
     @property
     def url(self) -> str:
+        """What openconnect is pointed at: the server, or a GlobalProtect gateway's portal."""
+        if self.portal is not None:
+            return f"https://{self.portal}"
+        return self.server_url
+
+    @property
+    def server_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}" + ("" if self.port == HTTPS_PORT else f":{self.port}")
 
     @property
     def label(self) -> str:
         """host, or host:port when the port is not 443."""
-        return self.url.removeprefix("https://")
+        return self.server_url.removeprefix("https://")
 
 
-def plan_attempts(order: Sequence[str], gateways: Iterable[Mapping[str, Any]]) -> list[Attempt]:
+def plan_attempts(order: Sequence[str], gateways: Iterable[Mapping[str, Any]], *,
+                  portal: str | None = None) -> list[Attempt]:
     """The failover order (optimal, its backups, the rest in OGS order each followed by
     its backups) as attempts. A backup belongs to the first primary listing it that came
     before it, and is reached with that primary's UserGroup: a BackupServerList holds
-    other addresses of the same HostEntry."""
+    other addresses of the same HostEntry. A GlobalProtect gateway is reached through its
+    portal (`portal`, else the one ogsd read it from), chosen by its label."""
     primaries = {str(g["host"]): g for g in gateways}
     attempts: list[Attempt] = []
     tried: list[str] = []  # primaries placed so far
@@ -181,8 +200,13 @@ def plan_attempts(order: Sequence[str], gateways: Iterable[Mapping[str, Any]]) -
             tried.append(entry)
             group = gateway.get("user_group")
             role = "optimal server" if position == 0 else "next in OGS order"
-            attempts.append(Attempt(entry, int(gateway.get("port") or HTTPS_PORT), entry,
-                                    str(group) if group else None, role))
+            port = int(gateway.get("port") or HTTPS_PORT)
+            if gateway.get("protocol") == "gp":
+                through = portal or gateway.get("portal") or entry
+                attempts.append(Attempt(entry, port, entry, None, role, portal=str(through),
+                                        authgroup=str(gateway.get("name") or entry)))
+                continue
+            attempts.append(Attempt(entry, port, entry, str(group) if group else None, role))
             continue
         owner = next((primaries[p] for p in tried if entry in primaries[p].get("backups", ())),
                      None)
@@ -207,6 +231,9 @@ def command(openconnect: str, script: str, attempt: Attempt, options: UserOption
     """The openconnect command line of one attempt. The profile's UserGroup goes first as
     --usergroup, so a --usergroup of the user's own (later; getopt's last one wins) beats
     it; a group in the URL path would beat both (openconnect keeps the URL's)."""
+    if attempt.portal is not None:  # GlobalProtect: the portal, told which gateway
+        return [openconnect, "--protocol=gp", "--script", script,
+                f"--authgroup={attempt.authgroup}", *options.args, attempt.url]
     group = [f"--usergroup={attempt.user_group}"] if attempt.user_group else []
     return [openconnect, "--script", script, *group, *options.args, attempt.url]
 

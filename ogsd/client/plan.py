@@ -39,9 +39,13 @@ class Plan:
                 f"{d.get('reason') or '-'})")
 
 
-def fetch_plan(socket_path: str, *, read_only_ok: bool) -> Plan:
+def fetch_plan(socket_path: str, *, read_only_ok: bool, protocol: str | None = None,
+               portal: str | None = None) -> Plan:
     """evaluate under the connect-time rules (admin); with `read_only_ok`, fall back to the
-    read-only selection when that is forbidden. CtlError when there is nothing to try."""
+    read-only selection when that is forbidden. CtlError when there is nothing to try, or
+    when `protocol` ("anyconnect", "gp"; None: whatever ogsd's gateways speak) is not
+    what ogsd's gateways speak. GlobalProtect gateways are reached through `portal`, else
+    the portal ogsd read them from."""
     conn = Connection(socket_path, WAIT_TIMEOUT_S)
     try:
         rules, note = "connect", None
@@ -60,4 +64,18 @@ def fetch_plan(socket_path: str, *, read_only_ok: bool) -> Plan:
         raise CtlError(EXIT_ERROR, "ogsd has no gateway to connect to: "
                        + str(decision.get("reason") or "no decision"))
     known = tuple(g for g in gateways if isinstance(g, dict) and g.get("host"))
-    return Plan(decision, tuple(plan_attempts(order, known)), known, rules, note)
+    speaks = {str(g.get("protocol") or "anyconnect") for g in known}
+    if protocol is not None and speaks and protocol not in speaks:
+        theirs = " and ".join(sorted(PROTOCOL_NAMES.get(p, p) for p in speaks))
+        raise CtlError(EXIT_ERROR, f"--protocol {protocol}: ogsd's gateways are {theirs} "
+                       "gateways (a GlobalProtect portal goes in ogsd.toml's [globalprotect])")
+    portals = sorted({str(g["portal"]) for g in known if g.get("portal")})
+    if portal is not None and portals and portal not in portals:
+        note = ((note + "; ") if note else "") + (
+            f"ogsd read its gateways from portal {', '.join(portals)}; logging into "
+            f"{portal} as asked")
+    attempts = plan_attempts(order, known, portal=portal)
+    return Plan(decision, tuple(attempts), known, rules, note)
+
+
+PROTOCOL_NAMES = {"gp": "GlobalProtect", "anyconnect": "AnyConnect"}

@@ -28,6 +28,13 @@ def path_note(family: str | None, proxy: str | None) -> str | None:
     return family if family == "IPv6" else None
 
 
+def with_tier(note: str | None, tier: str | None) -> str | None:
+    """A row's note with its GlobalProtect tier ("priority 1", "manual only") in front."""
+    if not tier:
+        return note
+    return f"{tier}; {note}" if note else tier
+
+
 def row_note(error: str | None) -> str:
     """What the table shows for a gateway without a figure, from its error text."""
     if error is not None and error.startswith(CANCELLED):

@@ -24,6 +24,11 @@ What early settlement gives up: the losers' figures are lower bounds only ("coul
 beat"), and the winner keeps the minimum of the probes it finished. A caller that must
 compare exact figures (the resume improvement threshold) can run the round to the end.
 
+GlobalProtect tiers (ogsd.core.selection): the leader is the fastest of the best tier
+with a figure; a probe of a better tier can beat it with any figure, so it is waited for
+(until it fails, its timeout or the deadline: the price of "a lower tier only when every
+gateway above is down"); a probe of a worse tier can never beat it.
+
 Times here are monotonic seconds (`started`, `now`); figures are milliseconds.
 """
 
@@ -85,19 +90,48 @@ class ProbeState:
         return self.started + best / 1000.0
 
 
-def best(states: Mapping[str, Sequence[ProbeState]], metric: Metric) -> tuple[str, float] | None:
-    """The gateway with the lowest complete figure so far, and that figure (first wins ties)."""
+Tiers = Mapping[str, float]  # gateway -> GlobalProtect priority tier (lower first)
+
+
+def _tier(tiers: Tiers | None, gateway: str) -> float:
+    return math.inf if tiers is None else tiers.get(gateway, math.inf)
+
+
+def best(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
+         tiers: Tiers | None = None) -> tuple[str, float] | None:
+    """The gateway with the lowest complete figure so far, and that figure (first wins ties);
+    with `tiers`, the lowest figure of the best tier that has one."""
     found: tuple[str, float] | None = None
     for gateway, probes in states.items():
         for probe in probes:
             figure = probe.figure(metric)
-            if figure is not None and (found is None or figure < found[1]):
+            if figure is not None and (found is None or leads(gateway, figure, found, tiers)):
                 found = (gateway, figure)
     return found
 
 
+def leads(gateway: str, figure: float, leader: tuple[str, float], tiers: Tiers | None) -> bool:
+    """Whether `figure` of `gateway` takes the lead from `leader`: a better tier, or the
+    same tier and a lower figure."""
+    mine, theirs = _tier(tiers, gateway), _tier(tiers, leader[0])
+    return mine < theirs or (mine == theirs and figure < leader[1])
+
+
+def beatable_until(probe: ProbeState, gateway: str, leader: tuple[str, float],
+                   metric: Metric, tiers: Tiers | None = None) -> float | None:
+    """`probe.beatable_until` in a round with tiers: a probe of a better tier than the
+    leader's beats it with any figure (until it fails); one of a worse tier never does."""
+    mine, theirs = _tier(tiers, gateway), _tier(tiers, leader[0])
+    if mine > theirs:
+        return None
+    if mine < theirs:
+        return None if probe.finished else math.inf
+    return probe.beatable_until(leader[1], metric)
+
+
 def settle_time(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
-                leader: tuple[str, float] | None = None) -> float | None:
+                leader: tuple[str, float] | None = None,
+                tiers: Tiers | None = None) -> float | None:
     """Earliest monotonic time at which the round is settled if no probe changes state.
 
     `-math.inf` when it already is regardless of time; None when only an event (a probe
@@ -106,29 +140,29 @@ def settle_time(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
     """
     if all(probe.finished for probes in states.values() for probe in probes):
         return -math.inf
-    leader = leader or best(states, metric)
+    leader = leader or best(states, metric, tiers)
     if leader is None:
         return None
-    figure = leader[1]
     at = -math.inf
-    for probes in states.values():
+    for gateway, probes in states.items():
         for probe in probes:
-            until = probe.beatable_until(figure, metric)
+            until = beatable_until(probe, gateway, leader, metric, tiers)
             if until is not None:
                 at = max(at, until)
     return None if at == math.inf else at
 
 
-def settled(states: Mapping[str, Sequence[ProbeState]], metric: Metric, now: float) -> bool:
+def settled(states: Mapping[str, Sequence[ProbeState]], metric: Metric, now: float,
+            tiers: Tiers | None = None) -> bool:
     """Whether no unfinished probe can change the round's winner any more."""
-    at = settle_time(states, metric)
+    at = settle_time(states, metric, tiers=tiers)
     return at is not None and now >= at
 
 
 def cancel_reason(states: Mapping[str, Sequence[ProbeState]], metric: Metric,
-                  leader: tuple[str, float] | None = None) -> str:
+                  leader: tuple[str, float] | None = None, tiers: Tiers | None = None) -> str:
     """The error recorded for probes stopped because the round settled early."""
-    leader = leader or best(states, metric)
+    leader = leader or best(states, metric, tiers)
     if leader is None:
         return CANCELLED
     return f"{CANCELLED}: could not beat {leader[0]} ({leader[1]:.1f} ms)"

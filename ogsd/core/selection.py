@@ -23,10 +23,16 @@ class Ranked:
     unusable: tuple[str, ...]
     tiers: Mapping[str, float] = field(default_factory=dict)  # host -> tier (inf: none)
     manual: tuple[str, ...] = ()
+    cut: tuple[str, ...] = ()  # the unusable ones the round cut short (alive, slower)
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return tuple(h for h, _ in self.usable) + self.unusable
+        """The failover order: tier by tier, those answering (fastest first, then the cut
+        short); then the failed ones, tier by tier. One tier: as AnyConnect orders."""
+        alive = [h for h, _ in self.usable] + list(self.cut)
+        failed = [h for h in self.unusable if h not in self.cut]
+        alive.sort(key=self.tier)  # stable: figures, then cut short, within a tier
+        return tuple(alive) + tuple(failed)
 
     def tier(self, host: str) -> float:
         return self.tiers.get(host, math.inf)
@@ -39,6 +45,14 @@ def tier_of(gateway: Gateway) -> float:
 
 def tier_name(tier: float) -> str:
     return "no priority" if math.isinf(tier) else f"priority {tier:g}"
+
+
+def tier_labels(gateways: Sequence[Gateway]) -> dict[str, str]:
+    """Each gateway's tier as tables show it; empty when none has one (AnyConnect)."""
+    if not any(g.priority is not None or g.manual_only for g in gateways):
+        return {}
+    return {g.host: "manual only" if g.manual_only else tier_name(tier_of(g))
+            for g in gateways}
 
 
 def rank(results: Sequence[GatewayResult], metric: Metric,
@@ -69,7 +83,7 @@ def rank(results: Sequence[GatewayResult], metric: Metric,
     cut.sort(key=key)
     failed.sort(key=lambda host: tiers.get(host, math.inf))
     return Ranked(tuple(usable), tuple(h for h, _ in cut) + tuple(failed), tiers,
-                  tuple(r.host for r in results if r.host in manual))
+                  tuple(r.host for r in results if r.host in manual), tuple(h for h, _ in cut))
 
 
 def improvement_met(current_ms: float, best_ms: float, settings: Settings) -> bool:

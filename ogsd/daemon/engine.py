@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -22,14 +22,15 @@ import structlog
 from ogsd.config.model import Config
 from ogsd.config.proxy import Proxy, from_environment
 from ogsd.core.cache import check_due, entry_from_decision
-from ogsd.core.models import DaemonState, Decision, Location, ProxyCheck, Reason, Source
-from ogsd.core.report import path_note, row_note, selection_table
+from ogsd.core.models import DaemonState, Decision, Gateway, Location, ProxyCheck, Reason, Source
+from ogsd.core.report import path_note, row_note, selection_table, with_tier
 from ogsd.core.selection import (
     decide_from_cache,
     decide_round,
     decide_skipped,
     failover_order,
     rank,
+    tier_labels,
 )
 from ogsd.core.triggers import Action, Trigger, plan
 from ogsd.probing.path import DIRECT, ProbePath
@@ -224,9 +225,8 @@ class Engine:
                               last_gateway=last_gateway, gateways=gateways)
         return dataclasses.replace(kept, source=Source.KEPT)
 
-    @staticmethod
-    def _log_table(decision: Decision) -> None:
-        rows = table_rows(decision)
+    def _log_table(self, decision: Decision) -> None:
+        rows = table_rows(decision, self.config.gateways)
         for line in selection_table(rows, decision.selected):
             log.info(line, source=decision.source.value, reason=decision.reason.value)
 
@@ -240,15 +240,19 @@ async def _read(call: Callable[[_A], _T], arg: _A, *, default: _T, what: str) ->
         return default
 
 
-def table_rows(decision: Decision) -> list[tuple[str, float | None, str | None]]:
-    """(host, figure, note) for the selection table, fastest first."""
+def table_rows(decision: Decision, gateways: Sequence[Gateway] = (),
+               ) -> list[tuple[str, float | None, str | None]]:
+    """(host, figure, note) for the selection table, best first (by tier, with
+    GlobalProtect `gateways`; manual-only ones last)."""
     metric = decision.metric
-    ranked = rank(decision.results, metric).hosts
+    ranking = rank(decision.results, metric, gateways)
+    ranked = ranking.hosts + ranking.manual
+    tiers = tier_labels(gateways)
     by_host = {r.host: r for r in decision.results}
     rows = []
     for host in ranked:
         result = by_host[host]
         rtt = result.rtt(metric)
         note = row_note(result.error) if rtt is None else path_note(result.family, result.proxy)
-        rows.append((host, rtt, note))
+        rows.append((host, rtt, with_tier(note, tiers.get(host))))
     return rows

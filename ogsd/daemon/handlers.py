@@ -120,7 +120,7 @@ class Handlers:
         await job.done.wait()
         if job.error is not None:
             raise ApiError(INTERNAL, f"evaluation failed: {job.error}")
-        out = decision_json(job.decision)
+        out = decision_json(job.decision, self._rounds.config.gateways)
         out["trigger"] = job.trigger.value
         return out
 

@@ -167,7 +167,7 @@ class Rounds:
 
     def decision_json(self) -> Json:
         """The published decision's wire shape, with what triggered it."""
-        out = decision_json(self.decision)
+        out = decision_json(self.decision, self.config.gateways)
         out["trigger"] = self.trigger.value if self.trigger else None
         return out
 

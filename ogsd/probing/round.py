@@ -19,6 +19,7 @@ check meets a captive portal, or at the deadline.
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import time
 from collections import Counter
@@ -49,6 +50,7 @@ log = structlog.get_logger("ogsd.probing.probe")
 # it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
 CHECK_GRACE_AFTER_ROUND_S = 0.1
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
+UNPRIORITIZED = float(2**31 - 1)  # a GlobalProtect gateway's tier without a priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,8 @@ async def probe_round(
         raise ValueError(f"deadline and probe_timeout must be > 0 ({deadline}, {probe_timeout})")
     round_ = _Round(metric=metric, probe_count=probe_count, probe_timeout=probe_timeout,
                     resolver=resolver, clock=clock, hosts=hosts, settle_early=settle_early,
-                    device=device, proxy=proxy, in_flight=socket_budget(in_flight))
+                    device=device, proxy=proxy, in_flight=socket_budget(in_flight),
+                    tiers=_tiers(gateways))
     started_at = clock()
     t0 = time.perf_counter()
     with anyio.move_on_after(deadline) as deadline_scope:
@@ -135,7 +138,7 @@ class _Round:
     def __init__(self, *, metric: Metric, probe_count: int, probe_timeout: float,
                  resolver: Resolver | None, clock: Callable[[], float], hosts: list[str],
                  settle_early: bool, device: str | None, proxy: Proxy | None,
-                 in_flight: int) -> None:
+                 in_flight: int, tiers: dict[str, float] | None = None) -> None:
         self.resolver = resolver
         self.clock = clock
         self.device = device
@@ -143,7 +146,7 @@ class _Round:
         self.limit = in_flight
         self.slots = anyio.CapacityLimiter(in_flight)
         self.standings = Standings(metric=metric, probe_count=probe_count, hosts=hosts,
-                                   settle_early=settle_early)
+                                   settle_early=settle_early, tiers=tiers)
         self.prober = Prober(
             standings=self.standings, timeout=probe_timeout, proxy=proxy, syn=self._syn_paced,
             turns=Turns(TLS_TURNS if metric is Metric.NETWORK else EXCHANGE_TLS_TURNS))
@@ -282,7 +285,7 @@ class _Round:
             stopped = f"stopped: {portal.describe(*self.portal)}"
         else:
             stopped = "deadline" if deadline_hit else cancel_reason(
-                standings.states, standings.metric, standings.leader)
+                standings.states, standings.metric, standings.leader, standings.tiers)
         samples = []
         for state, wall in zip(standings.states[key], self.walls[key], strict=True):
             if state.done is not None:
@@ -303,6 +306,16 @@ class _Round:
                                                    elapsed_ms=elapsed)
         return GatewayResult(host, self.addresses.get(key), tuple(samples), error, check,
                              self.proxy.label if key in self.proxied and self.proxy else None)
+
+
+def _tiers(gateways: Sequence[Gateway]) -> dict[str, float] | None:
+    """GlobalProtect tiers by round key (ogsd.core.rounds); None when no gateway has one.
+    No priority ranks after every number (openconnect's INT_MAX); a manual-only gateway is
+    measured (it is shown) but must never lead: below even those."""
+    if not any(g.priority is not None or g.manual_only for g in gateways):
+        return None
+    return {_key(g): math.inf if g.manual_only
+            else UNPRIORITIZED if g.priority is None else float(g.priority) for g in gateways}
 
 
 def _key(gateway: Gateway) -> str:

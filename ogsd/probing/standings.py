@@ -16,7 +16,7 @@ import time
 import anyio
 
 from ogsd.core.models import Metric
-from ogsd.core.rounds import ProbeState, cancel_reason, settle_time
+from ogsd.core.rounds import ProbeState, Tiers, beatable_until, cancel_reason, leads, settle_time
 from ogsd.probing.probesock import TCP_ESTABLISHED, tcp_info
 
 # The settle watcher's passes are O(probes): after a pass that took t, wait at least
@@ -29,8 +29,9 @@ class Standings:
     to stop."""
 
     def __init__(self, *, metric: Metric, probe_count: int, hosts: list[str],
-                 settle_early: bool) -> None:
+                 settle_early: bool, tiers: Tiers | None = None) -> None:
         self.metric = metric
+        self.tiers = tiers  # GlobalProtect priority tiers by key (ogsd.core.rounds)
         self.settle_early = settle_early
         self.states = {h: [ProbeState()] * probe_count for h in hosts}
         self.leader: tuple[str, float] | None = None  # == best(self.states, self.metric)
@@ -43,7 +44,8 @@ class Standings:
     def set_state(self, key: str, index: int, state: ProbeState) -> None:
         self.states[key][index] = state
         figure = state.figure(self.metric)
-        if figure is not None and (self.leader is None or figure < self.leader[1]):
+        if figure is not None and (self.leader is None
+                                   or leads(key, figure, self.leader, self.tiers)):
             self.leader = (key, figure)  # best(), kept as probes finish: O(1), not O(probes)
         self.changed.set()
 
@@ -70,7 +72,7 @@ class Standings:
             return -math.inf
         if not self.settle_early:
             return None
-        at = settle_time(self.states, self.metric, self.leader)
+        at = settle_time(self.states, self.metric, self.leader, self.tiers)
         if at is not None and now >= at:
             if self._sweep():
                 return 0.0  # the kernel knew of connects we had not seen: look again
@@ -95,22 +97,22 @@ class Standings:
         leader = self.leader
         if leader is None:
             return
-        doomed = self._doomed(leader[1], now)
+        doomed = self._doomed(leader, now)
         if doomed and self._sweep():  # a connect the loop missed may save some of them
-            doomed = self._doomed(leader[1], now)
-        reason = cancel_reason(self.states, self.metric, leader) if doomed else ""
+            doomed = self._doomed(leader, now)
+        reason = cancel_reason(self.states, self.metric, leader, self.tiers) if doomed else ""
         for probe in doomed:
             self.settled_early = True  # the round ends sooner than its slowest probe
             self.dropped[probe] = reason
             self.running.pop(probe).cancel()
 
-    def _doomed(self, figure: float, now: float) -> list[tuple[str, int]]:
+    def _doomed(self, leader: tuple[str, float], now: float) -> list[tuple[str, int]]:
         doomed = []
         for key, index in self.running:
             state = self.states[key][index]
             if state.finished or state.started is None:
                 continue
-            until = state.beatable_until(figure, self.metric)
+            until = beatable_until(state, key, leader, self.metric, self.tiers)
             if until is None or until <= now:
                 doomed.append((key, index))
         return doomed

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 from ogsd.core.models import CacheEntry, Decision, Gateway
+from ogsd.core.selection import tier_labels
 from ogsd.wire.decode import DecodeError, decode
 from ogsd.wire.shapes import decision_to_dict, entry_to_dict
 
@@ -54,7 +55,8 @@ class Handler(Protocol):
     location = {"domain": str, "servers": [str], "keys": ["domain|ip"]}
     row      = {"host", "address", "family": "IPv4"|"IPv6"|None, "proxy": "host:port"|None,
                 "rtt_ms", "network_rtt_ms": [..], "exchange_ms": [..],
-                "tcp_info_rtt_ms": [..], "probe_errors": [..], "error"}
+                "tcp_info_rtt_ms": [..], "probe_errors": [..], "error",
+                "tier": "priority N"|"no priority"|"manual only" (GlobalProtect only)}
     """
 
     async def status(self) -> Json:
@@ -132,9 +134,17 @@ NO_DECISION: Json = {"selected": None, "order": [], "source": None,
 SELECTION_KEYS = ("selected", "order", "source", "reason", "reason_code", "decided_at")
 
 
-def decision_json(decision: Decision | None) -> Json:
-    """The `results` / `evaluate --wait` / watch event shape (`decision_to_dict`)."""
-    return dict(NO_DECISION) if decision is None else decision_to_dict(decision)
+def decision_json(decision: Decision | None, gateways: Sequence[Gateway] = ()) -> Json:
+    """The `results` / `evaluate --wait` / watch event shape (`decision_to_dict`); with
+    GlobalProtect `gateways`, each row says its tier ("tier": "priority 1", ...)."""
+    if decision is None:
+        return dict(NO_DECISION)
+    out = decision_to_dict(decision)
+    if tiers := tier_labels(gateways):
+        rows = cast(list[Json], out["results"])
+        for row in rows:
+            row["tier"] = tiers.get(row["host"])
+    return out
 
 
 def selection_json(decision: Decision | None) -> Json:

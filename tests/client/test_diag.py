@@ -4,6 +4,7 @@ unprivileged user, read back as a support person would; redaction; the daemon do
 
 from __future__ import annotations
 
+import gzip  # noqa: F401 (tarfile imports it lazily: as uid 65534, a Python under /root cannot)
 import io
 import json
 import os

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from ogsd.core.models import Decision, Gateway, GatewayResult, Reason, Source
+from ogsd.core.models import (
+    Decision,
+    Gateway,
+    GatewayResult,
+    Metric,
+    ProbeSample,
+    Reason,
+    Source,
+)
+from ogsd.core.rounds import ProbeState, best, cancel_reason, settle_time, settled
 from ogsd.core.selection import decide_round, decide_skipped, rank
 from ogsd.core.settings import Settings
 from tests.core.helpers import HOME, T0, result
@@ -89,3 +98,34 @@ def test_anyconnect_gateways_rank_by_figure_alone(gateways: tuple[Gateway, ...])
                   gateways)
     assert ranked.hosts == ("gw-4", "gw-1", "gw-2", "gw-3")
     assert ranked.manual == ()
+
+
+# --- when a round with tiers may stop early (ogsd.core.rounds) ---------------------------
+
+TIERS = {"gw-1": 2.0, "gw-2": 1.0, "gw-3": 1.0, "gw-9": 3.0}
+
+
+def done(ms: float) -> ProbeState:
+    return ProbeState(started=0.0, done=ProbeSample(0.0, network_rtt_ms=ms, exchange_ms=ms))
+
+
+FAILED = ProbeState(started=0.0, failed=True)
+RUNNING = ProbeState(started=0.0)
+
+
+def test_a_faster_gateway_of_a_lower_tier_does_not_settle_a_round_the_better_tier_may_win(
+        ) -> None:
+    states = {"gw-1": [done(20.0)], "gw-2": [RUNNING], "gw-9": [RUNNING]}
+    assert best(states, Metric.NETWORK, TIERS) == ("gw-1", 20.0)
+    assert settle_time(states, Metric.NETWORK, tiers=TIERS) is None  # gw-2 may answer
+    assert settle_time(states, Metric.NETWORK) == 0.02  # without tiers: 20 ms, as ever
+    states["gw-2"] = [FAILED]
+    assert settled(states, Metric.NETWORK, 0.0, TIERS)  # gw-9 (tier 3) cannot win
+
+
+def test_once_the_best_tier_answers_it_leads_however_slow() -> None:
+    states = {"gw-1": [done(20.0)], "gw-2": [done(120.0)], "gw-3": [RUNNING]}
+    assert best(states, Metric.NETWORK, TIERS) == ("gw-2", 120.0)
+    assert settle_time(states, Metric.NETWORK, tiers=TIERS) == 0.12  # gw-3 still may
+    assert cancel_reason(states, Metric.NETWORK, tiers=TIERS) == (
+        "cancelled: could not beat gw-2 (120.0 ms)")
