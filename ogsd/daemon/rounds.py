@@ -41,8 +41,9 @@ Json = dict[str, Any]
 Clock = Callable[[], datetime]
 # With no gateway (an installed, not yet configured ogsd) there is nothing to evaluate:
 # the daemon serves and waits for a reload that brings some.
-WAITING = ("no gateways configured: list [[gateway]] entries, AnyConnect profiles or "
-           "[networkmanager] connections in ogsd.toml, then reload (systemctl reload ogsd)")
+WAITING = ("no gateways configured: list [[gateway]] entries, AnyConnect profiles, "
+           "[networkmanager] connections or a [globalprotect] portal in ogsd.toml, then "
+           "reload (systemctl reload ogsd)")
 # A look at the network: the view, and whether the location's key set changed.
 Observe = Callable[[], Awaitable[tuple[View, bool]]]
 
