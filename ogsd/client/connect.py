@@ -177,7 +177,8 @@ def run(args: argparse.Namespace, socket_path: str) -> int:
             secret = read_secret()
         settings = Settings(openconnect=openconnect, script=hook_script(),
                             socket_path=socket_path, ogsctl=find_ogsctl(), once=args.once,
-                            follow=args.follow, timeout=args.timeout or DEFAULT_TIMEOUT_S)
+                            follow=args.follow, timeout=args.timeout or DEFAULT_TIMEOUT_S,
+                            protocol=protocol, portal=portal)
         return Supervisor(settings, options, secret).run(plan)
     except CtlError as exc:
         say(exc.message)

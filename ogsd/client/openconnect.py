@@ -232,10 +232,45 @@ def command(openconnect: str, script: str, attempt: Attempt, options: UserOption
     --usergroup, so a --usergroup of the user's own (later; getopt's last one wins) beats
     it; a group in the URL path would beat both (openconnect keeps the URL's)."""
     if attempt.portal is not None:  # GlobalProtect: the portal, told which gateway
-        return [openconnect, "--protocol=gp", "--script", script,
-                f"--authgroup={attempt.authgroup}", *options.args, attempt.url]
+        choice = [f"--authgroup={attempt.authgroup}"] if attempt.authgroup else []
+        return [openconnect, "--protocol=gp", "--script", script, *choice, *options.args,
+                attempt.url]
     group = [f"--usergroup={attempt.user_group}"] if attempt.user_group else []
     return [openconnect, "--script", script, *group, *options.args, attempt.url]
+
+
+# --- a GlobalProtect portal's gateways, as openconnect lists them --------------------------
+
+# auth-globalprotect.c, parse_portal_xml(), after the portal login (PRG_INFO, on stderr):
+# "%d gateway servers available:\n", then one "  %s (%s)\n" per gateway (label, address);
+# since v9.20 followed by " [priority %d]" or " [unprioritized]".
+_LISTED = re.compile(r"^(\d+) gateway servers available:$")
+_GATEWAY = re.compile(r"^  (.*) \(([^()\s]+)\)(?: \[(?:priority (-?\d+)|unprioritized)\])?$")
+
+
+def portal_gateways(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """The gateways openconnect listed after its last portal login, as `notify.portal`
+    takes them ({"address", "label", "priority"?}); [] when it listed none (complete
+    lists only: a list cut short by the output kept is no list)."""
+    found: list[dict[str, Any]] = []
+    expected = 0
+    current: list[dict[str, Any]] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if (header := _LISTED.match(line)) is not None:
+            expected, current = int(header.group(1)), []
+            continue
+        if expected and len(current) < expected:
+            entry = _GATEWAY.match(line)
+            if entry is None:
+                expected = 0  # not the list any more: an incomplete one is dropped
+                continue
+            label, address, priority = entry.groups()
+            current.append({"address": address, "label": label,
+                            **({"priority": int(priority)} if priority is not None else {})})
+            if len(current) == expected:
+                found, expected = current, 0
+    return found
 
 
 # --- what a failed attempt means ---------------------------------------------------------

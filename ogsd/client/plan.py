@@ -12,6 +12,7 @@ from typing import Any
 
 from ogsd.client.conn import EXIT_ERROR, EXIT_FORBIDDEN, WAIT_TIMEOUT_S, Connection, CtlError
 from ogsd.client.openconnect import Attempt, plan_attempts
+from ogsd.config.address import HTTPS_PORT, split_address
 
 FALLBACK_NOTE = ("not allowed to evaluate (needs ogsd admin rights): showing ogsd's current "
                  "selection; a real connect applies the connect-time rules")
@@ -56,14 +57,24 @@ def fetch_plan(socket_path: str, *, read_only_ok: bool, protocol: str | None = N
                 raise
             rules, note = "selection", FALLBACK_NOTE
             decision = conn.request("selection")
-        gateways = conn.request("gateways").get("gateways") or []
+        listed = conn.request("gateways")
+        gateways = listed.get("gateways") or []
     finally:
         conn.close()
     order = [str(h) for h in decision.get("order") or []]
+    known = tuple(g for g in gateways if isinstance(g, dict) and g.get("host"))
+    portal = portal or (str(listed["portal"]) if listed.get("portal") else None)
+    if not order and protocol == "gp" and portal is not None and not known:
+        # No gateway known yet: openconnect logs into the portal and chooses (or asks);
+        # the list it prints is reported to ogsd, which chooses from the next connect on.
+        address = split_address(portal)
+        first = Attempt(address.host, address.port or HTTPS_PORT, portal, None,
+                        "the portal's own choice: ogsd learns its gateways now",
+                        portal=portal)
+        return Plan(decision, (first,), (), rules, note)
     if not order:
         raise CtlError(EXIT_ERROR, "ogsd has no gateway to connect to: "
                        + str(decision.get("reason") or "no decision"))
-    known = tuple(g for g in gateways if isinstance(g, dict) and g.get("host"))
     speaks = {str(g.get("protocol") or "anyconnect") for g in known}
     if protocol is not None and speaks and protocol not in speaks:
         theirs = " and ".join(sorted(PROTOCOL_NAMES.get(p, p) for p in speaks))

@@ -56,6 +56,7 @@ class Outcome:
     stopping: bool = False  # openconnect is logging out (its text, or its disconnect hook)
     stopped_by: int | None = None  # a stop signal from the user, passed on
     switch_to: dict[str, Any] | None = None  # --follow: the decision to move to
+    portal_reported: bool = False  # its GlobalProtect portal's gateways told to ogsd
     lines: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=KEPT_LINES))
 

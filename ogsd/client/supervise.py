@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ogsd.client.conn import DEFAULT_TIMEOUT_S, EXIT_ERROR, Connection, CtlError
-from ogsd.client.openconnect import Attempt, UserOptions, Verdict, classify, command, plan_attempts
+from ogsd.client.openconnect import (
+    Attempt,
+    UserOptions,
+    Verdict,
+    classify,
+    command,
+    plan_attempts,
+    portal_gateways,
+)
 from ogsd.client.plan import Plan, fetch_plan, say
 from ogsd.client.session import (
     PASS_SIGNALS,
@@ -63,6 +71,8 @@ class Settings:
     once: bool = False
     follow: bool = False
     timeout: float = DEFAULT_TIMEOUT_S
+    protocol: str | None = None  # --protocol
+    portal: str | None = None  # the GlobalProtect portal given on the command line
 
 
 def precheck(host: str, port: int, timeout: float = PRECHECK_TIMEOUT_S) -> str | None:
@@ -131,6 +141,29 @@ class Watch:
         self.sock.close()
 
 
+def report_portal(settings: Settings, outcome: Outcome) -> None:
+    """Tell ogsd the gateways openconnect listed after logging into a GlobalProtect portal
+    (once per list: at the tunnel's start, and after a run that never got one)."""
+    attempt = outcome.attempt
+    if attempt.portal is None or outcome.portal_reported:
+        return
+    listed = portal_gateways(outcome.lines)
+    if not listed:
+        return
+    outcome.portal_reported = True
+    conn = Connection(settings.socket_path, settings.timeout)
+    try:
+        answer = conn.request("notify.portal", {"portal": attempt.portal, "gateways": listed})
+    except CtlError as exc:
+        say(f"could not tell ogsd the gateways of {attempt.portal}: {exc.message}")
+        return
+    finally:
+        conn.close()
+    if answer.get("learnt"):
+        say(f"ogsd learnt the {len(listed)} gateways {attempt.portal} lists; it chooses "
+            "among them from the next connect on")
+
+
 class Follow:
     """ogsd's decisions while the tunnel is up: after resume, another gateway is
     recommended (printed) or, with --follow, the session moves there."""
@@ -142,6 +175,7 @@ class Follow:
         self._recommended: set[str] = set()
 
     def start(self, outcome: Outcome) -> None:
+        report_portal(self._settings, outcome)
         self._open()
 
     def _open(self) -> None:
@@ -255,8 +289,8 @@ class Supervisor:
                 # The resume decision itself: asking again now would keep the old
                 # selection (a reconnection within the suspend time of our logout).
                 plan = Plan(outcome.switch_to, tuple(plan_attempts(
-                    [str(h) for h in outcome.switch_to.get("order") or []], plan.gateways)),
-                    plan.gateways, "resume")
+                    [str(h) for h in outcome.switch_to.get("order") or []], plan.gateways,
+                    portal=self.settings.portal)), plan.gateways, "resume")
                 delay = RECONNECT_BACKOFF_S[0]
                 continue
             elif outcome.stopped_by is not None or outcome.code == 0 or self.settings.once:
@@ -286,6 +320,7 @@ class Supervisor:
                     say(f"left {attempt.label}: {why}")
                     continue
             outcome = self._run(attempt)
+            report_portal(self.settings, outcome)  # a portal login, whatever came after
             last_code = outcome.code
             if outcome.established_at is not None:
                 return outcome, None
@@ -309,7 +344,8 @@ class Supervisor:
     def _refresh(self, plan: Plan) -> Plan:
         """The connect-time rules' answer now; the last plan if ogsd cannot answer."""
         try:
-            fresh = fetch_plan(self.settings.socket_path, read_only_ok=False)
+            fresh = fetch_plan(self.settings.socket_path, read_only_ok=False,
+                               protocol=self.settings.protocol, portal=self.settings.portal)
         except CtlError as exc:
             say(f"{exc.message}; keeping the previous order")
             return plan

@@ -33,13 +33,15 @@ else of `Any` (the region is the admin's `[globalprotect] region`; without it on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ogsd.config.address import HTTPS_PORT, split_address
+from ogsd.config.model import Config
 from ogsd.config.safexml import Node, parse_xml
-from ogsd.core.models import Gateway
+from ogsd.core.models import DaemonState, Gateway, PortalGateway
 
 ROOT = "policy"
 # Real portal configurations are tens of KB (HIP categories, root CAs, welcome pages).
@@ -90,6 +92,31 @@ def load_portal_config(path: Path, *, portal: str | None = None,
     except OSError as e:
         raise PortalError(f"{path}: cannot read: {e.strerror or e}") from None
     return parse_portal_config(path, data, portal=portal, region=region)
+
+
+def learned(portal: str, listed: tuple[PortalGateway, ...]) -> tuple[Gateway, ...]:
+    """Gateways as openconnect listed them (addresses it could not have printed skipped)."""
+    out: dict[str, Gateway] = {}
+    for entry in listed:
+        try:
+            address = split_address(entry.address)
+        except ValueError:
+            continue
+        out.setdefault(address.host, Gateway(
+            host=address.host, name=entry.label, port=address.port or HTTPS_PORT,
+            protocol="gp", priority=None if entry.priority == MANUAL_ONLY else entry.priority,
+            manual_only=entry.priority == MANUAL_ONLY, portal=portal))
+    return tuple(out.values())
+
+
+def with_learned(config: Config, state: DaemonState) -> Config:
+    """`config` with the gateways openconnect listed for its portal at the last connect,
+    when no portal configuration is saved (a saved one wins: it has every priority)."""
+    gp = config.globalprotect
+    if (gp is None or gp.portal_config is not None or state.learned_portal != gp.portal
+            or not state.learned_gateways or config.gateways):
+        return config
+    return dataclasses.replace(config, gateways=learned(gp.portal, state.learned_gateways))
 
 
 class _Reader:

@@ -155,11 +155,11 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
         gateways.setdefault(gateway.host, gateway)
     gp_config = tables.globalprotect(gp, base)
     portal_sources: list[Path] = []
-    if gp_config is not None:
-        if gateways:
-            raise gp.error("portal", gp_config.portal, "ogsd chooses among one VPN's gateways: "
-                           "remove the AnyConnect gateways (" + ", ".join(list(gateways)[:3])
-                           + ") or the [globalprotect] table")
+    if gp_config is not None and gateways:
+        raise gp.error("portal", gp_config.portal, "ogsd chooses among one VPN's gateways: "
+                       "remove the AnyConnect gateways (" + ", ".join(list(gateways)[:3])
+                       + ") or the [globalprotect] table")
+    if gp_config is not None and gp_config.portal_config is not None:
         try:
             portal = load_portal_config(gp_config.portal_config, portal=gp_config.portal,
                                         region=gp_config.region)
@@ -185,9 +185,15 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
     if not gateways and not nm_config.enabled:
         where = ", ".join(str(p) for p in searched) or "none found"
         missing = f"no gateways: list [[gateway]] entries or profiles (profiles read: {where})"
+        waiting = "waiting for a reload that brings some"
+        if gp_config is not None:
+            missing = (f"no gateways yet for portal {gp_config.portal}: save its "
+                       "configuration ([globalprotect] portal_config), or connect once with "
+                       "`ogsctl connect --protocol gp` (the daemon learns them from openconnect)")
+            waiting = "waiting for them"
         if require_gateways:
             raise source.error(None, missing)
-        warnings.append(f"{source.error(None, missing)}; waiting for a reload that brings some")
+        warnings.append(f"{source.error(None, missing)}; {waiting}")
     return Config(
         gateways=tuple(gateways.values()),
         settings=settings,

@@ -96,7 +96,9 @@ class GlobalProtectConfig:
     """A GlobalProtect portal whose external gateways are the headends (ogsd.config.gpportal)."""
 
     portal: str  # the portal's address: what `ogsctl connect --protocol gp` logs into
-    portal_config: Path  # the portal's configuration (getconfig.esp) as the admin saved it
+    # The portal's configuration (getconfig.esp) as the admin saved it. None: the gateways
+    # openconnect lists at a connect are learnt (ogsd.config.gpportal.with_learned).
+    portal_config: Path | None = None
     region: str | None = None  # whose priority-rule entries count (None: only "Any")
 
 

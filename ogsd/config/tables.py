@@ -62,17 +62,17 @@ def gateways(root: Table) -> list[Gateway]:
 
 
 def globalprotect(table: Table, base: Path) -> GlobalProtectConfig | None:
-    """[globalprotect]: a portal and its saved configuration, both or neither."""
+    """[globalprotect]: a portal, and its saved configuration if there is one."""
     if not table.data:
         return None
-    for key in ("portal", "portal_config"):
-        if key not in table.data:
-            raise table.error(key, None, "is required in [globalprotect] (the portal's "
-                              "address, and the file its configuration was saved to)")
+    if "portal" not in table.data:
+        raise table.error("portal", None, "is required in [globalprotect] (the portal's "
+                          "address)")
     portal = table.address("portal", table.get("portal", "", str, "the portal's address"))
     region = table.string("region", None)
-    path = Path(table.get("portal_config", "", str, "a path")).expanduser()
-    return GlobalProtectConfig(portal=portal.text, portal_config=base / path,
+    saved = table.string("portal_config", None)
+    return GlobalProtectConfig(portal=portal.text,
+                               portal_config=base / Path(saved).expanduser() if saved else None,
                                region=region.strip() if region else None)
 
 

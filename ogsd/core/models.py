@@ -78,6 +78,16 @@ class Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class PortalGateway:
+    """A GlobalProtect gateway as openconnect listed it after a portal login (learnt by
+    `ogsctl connect --protocol gp`: ogsd.client.openconnect.portal_gateways)."""
+
+    address: str  # host[:port], the portal's `name` for it
+    label: str = ""  # its description: what --authgroup names
+    priority: int | None = None  # openconnect >= 9.20 prints it; 9.01 does not
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeSample:
     """One probe: a fresh TCP connection, TLS handshake, one HTTPS request, close.
 
@@ -232,3 +242,8 @@ class DaemonState:
     connected_at_sleep: bool = False
     sleep_started_at: datetime | None = None
     cache_cleared_at: datetime | None = None
+    # A GlobalProtect portal's gateways as openconnect last listed them (no portal
+    # configuration saved): the portal, the list, when.
+    learned_portal: str | None = None
+    learned_gateways: tuple[PortalGateway, ...] = ()
+    learned_at: datetime | None = None

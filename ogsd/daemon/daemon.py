@@ -148,6 +148,7 @@ class Daemon:
         # The first look, before READY=1, reads where we are; the resolver rounds use
         # (dnspython's, ~20 ms of imports) is made after it, before the first round.
         first, _ = await self.where.observe(None)
+        self.rounds.configure(self.rounds.configured)  # the state is read now: what it learnt
         server = self.reloader.server = self._api_server()
         try:
             async with anyio.create_task_group() as tg:

@@ -19,7 +19,8 @@ import anyio.to_thread
 import structlog
 
 from ogsd.config.address import split_address
-from ogsd.core.models import DaemonState
+from ogsd.config.gpportal import learned
+from ogsd.core.models import DaemonState, PortalGateway
 from ogsd.core.triggers import Trigger
 from ogsd.daemon import api, logs
 from ogsd.daemon.reload import Reloader
@@ -35,6 +36,7 @@ from ogsd.wire.api import (
     BAD_PARAMS,
     INTERNAL,
     ApiError,
+    PortalGatewayParams,
     cache_entry_json,
     decision_json,
     gateway_json,
@@ -136,7 +138,39 @@ class Handlers:
         return {"cleared": cleared}
 
     async def gateways(self) -> Json:
-        return {"gateways": [gateway_json(g) for g in self._rounds.config.gateways]}
+        gp = self._rounds.configured.globalprotect
+        return {"portal": gp.portal if gp is not None else None,
+                "gateways": [gateway_json(g) for g in self._rounds.config.gateways]}
+
+    async def notify_portal(self, *, portal: str,
+                            gateways: tuple[PortalGatewayParams, ...]) -> Json:
+        configured = self._rounds.configured
+        gp = configured.globalprotect
+        listed = tuple(PortalGateway(g.address, g.label, g.priority) for g in gateways)
+        if gp is None or gp.portal != portal:
+            named = f"portal {gp.portal}" if gp is not None else "no [globalprotect] portal"
+            log.info("GlobalProtect gateways not learnt: not the configured portal",
+                     portal=portal, configured=gp.portal if gp is not None else None)
+            return {"learnt": False, "message": f"not learnt: ogsd.toml names {named}"}
+        if gp.portal_config is not None:
+            known = {g.host for g in configured.gateways}
+            new = sorted({g.host for g in learned(portal, listed)} - known)
+            if new:
+                log.warning("the portal lists gateways its saved configuration lacks: save "
+                            "it again", portal=portal, saved=str(gp.portal_config), new=new)
+            return {"learnt": False, "message": f"not learnt: the saved configuration "
+                                                 f"{gp.portal_config} is used"
+                                                 + (f" (it lacks {', '.join(new)})" if new else "")}
+        state = self._persister.known()
+        if (state.learned_portal, state.learned_gateways) == (portal, listed):
+            return {"learnt": False, "message": f"{portal}'s gateways unchanged"}
+        await self._persister.update_state(learned_portal=portal, learned_gateways=listed,
+                                           learned_at=self._clock())
+        self._rounds.configure(configured)  # `gateways` lists them at once
+        log.info("GlobalProtect gateways learnt from openconnect", portal=portal,
+                 gateways=[f"{g.label} ({g.address})" for g in listed])
+        await self._rounds.submit(Trigger.FORCED)
+        return {"learnt": True, "message": f"learnt {len(listed)} gateways of {portal}"}
 
     async def diag(self) -> Json:
         from ogsd.daemon import diag  # noqa: PLC0415 (a support bundle, rarely)

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from ogsd.config.gpportal import with_learned
 from ogsd.config.model import Config
 from ogsd.core.cache import expiry
 from ogsd.core.models import Decision, Reason, Source
@@ -44,6 +45,9 @@ Clock = Callable[[], datetime]
 WAITING = ("no gateways configured: list [[gateway]] entries, AnyConnect profiles, "
            "[networkmanager] connections or a [globalprotect] portal in ogsd.toml, then "
            "reload (systemctl reload ogsd)")
+WAITING_GP = ("no gateways yet for GlobalProtect portal {}: connect once with `ogsctl "
+              "connect --protocol gp` (ogsd learns them from openconnect's list), or save "
+              "the portal's configuration ([globalprotect] portal_config) and reload")
 # A look at the network: the view, and whether the location's key set changed.
 Observe = Callable[[], Awaitable[tuple[View, bool]]]
 
@@ -96,8 +100,10 @@ class Rounds:
         return self.engine.config
 
     def configure(self, config: Config) -> None:
-        """Rounds run with this reloaded configuration (as loaded) from now on."""
-        self.configured = self.engine.config = config
+        """Rounds run with this reloaded configuration (as loaded, plus a GlobalProtect
+        portal's gateways learnt from openconnect) from now on."""
+        self.configured = config
+        self.engine.config = with_learned(config, self._persister.known())
 
     def use(self, config: Config) -> None:
         """The configuration with NetworkManager's servers added."""
@@ -119,10 +125,13 @@ class Rounds:
             try:
                 # A fresh look: the routes decide how probes must travel (VPN or not).
                 view, _ = await self._observe()
+                config = self.configured
                 if self._nm.config.enabled:  # re-read: a login may have brought a new profile
-                    self.use(await self._nm.with_gateways(self.configured))
-                if not self.config.gateways:
-                    raise _Waiting(WAITING)
+                    config = await self._nm.with_gateways(config)
+                # A GlobalProtect portal's gateways as openconnect last listed them.
+                self.use(with_learned(config, self._persister.known()))
+                if (waiting := self.waiting) is not None:
+                    raise _Waiting(waiting)
                 location = self._where.location
                 if location is None:
                     raise DnsConfigError("no DNS configuration: location unknown")
@@ -175,7 +184,10 @@ class Rounds:
     @property
     def waiting(self) -> str | None:
         """What the daemon waits for before it can evaluate at all (None: nothing)."""
-        return None if self.config.gateways else WAITING
+        if self.config.gateways:
+            return None
+        gp = self.config.globalprotect
+        return WAITING if gp is None else WAITING_GP.format(gp.portal)
 
     def status_line(self) -> str:
         if self.waiting is not None:

@@ -87,8 +87,16 @@ class Handler(Protocol):
         """`diag`: what `ogsctl diag` needs from the daemon (ogsd.client.diag.daemon_report):
         recent decisions, cache, state, status, effective configuration, log; redacted."""
 
+    async def notify_portal(self, *, portal: str,
+                            gateways: tuple[PortalGatewayParams, ...]) -> Json:
+        """`notify.portal` {"portal": str, "gateways": [{"address", "label"?, "priority"?}]}:
+        the gateways openconnect listed after logging into GlobalProtect portal `portal`
+        (`ogsctl connect --protocol gp` reports them); learnt when ogsd.toml's
+        [globalprotect] names that portal and no saved configuration."""
+
     async def gateways(self) -> Json:
-        """`gateways`: the configured primaries, {"gateways": [{"host", "name", "port",
+        """`gateways`: the configured primaries, and the GlobalProtect portal if any,
+        {"portal": str|None, "gateways": [{"host", "name", "port",
         "user_group", "backups": [str], "load_balancing": [str], "primary_protocol",
         "protocol": "anyconnect"|"gp", "priority": int?, "manual_only": bool, "portal"}]}."""
 
@@ -241,6 +249,37 @@ class NotifyDisconnectedParams:
     device: Annotated[str | None, _check_device] = None
 
 
+def _check_label(value: str) -> str | None:
+    # A portal's gateway description (PAN: up to 31 characters); bounded like a request.
+    if len(value) > 255 or not value.isprintable():
+        return "must be a gateway label (at most 255 printable characters)"
+    return None
+
+
+def _check_address(value: str) -> str | None:
+    # host[:port] as a portal lists a gateway.
+    if not value or len(value) > 260 or any(c.isspace() or not c.isprintable() for c in value):
+        return "must be an address, host[:port] (printable, no spaces)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PortalGatewayParams:
+    address: Annotated[str, _check_address]
+    label: Annotated[str, _check_label] = ""
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyPortalParams:
+    portal: Annotated[str, _check_host]
+    gateways: tuple[PortalGatewayParams, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.gateways) <= 1000:
+            raise ValueError("'gateways' must list 1 to 1000 gateways")
+
+
 @dataclass(frozen=True, slots=True)
 class NmApplyParams:
     name: Annotated[str | None, _check_name] = None
@@ -267,6 +306,7 @@ METHODS: dict[str, Method] = {
     "notify.disconnected": Method("notify_disconnected", write=True,
                                   params=NotifyDisconnectedParams),
     "nm.apply": Method("nm_apply", write=True, params=NmApplyParams),
+    "notify.portal": Method("notify_portal", write=True, params=NotifyPortalParams),
     "notify.sleep": Method("notify_sleep", write=True),
     "notify.resume": Method("notify_resume", write=True),
     "reload": Method("reload", write=True),

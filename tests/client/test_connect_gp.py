@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from ogsd.client.connect import connect_protocol
-from ogsd.client.openconnect import OptionError, UserOptions, command, plan_attempts, scan_options
+from ogsd.client.openconnect import (
+    OptionError,
+    UserOptions,
+    command,
+    plan_attempts,
+    portal_gateways,
+    scan_options,
+)
 
 
 def gp(host: str, name: str, *, priority: int | None = 1, port: int = 443) -> dict[str, Any]:
@@ -76,3 +83,44 @@ def test_what_contradicts_it_is_refused(given: str | None, args: list[str],
     with pytest.raises(OptionError) as caught:
         connect_protocol(given, options, portal)
     assert str(caught.value).startswith(message)
+
+
+# --- the list openconnect prints after the portal login -------------------------------------
+
+NINE_01 = """POST https://vpn.example.com/global-protect/getconfig.esp
+3 gateway servers available:
+  Tokyo (gw-1.example.com)
+  Osaka (West) (gw-2.example.com:4443)
+  198.18.1.5 (198.18.1.5)
+Please select GlobalProtect gateway.
+GATEWAY: [Tokyo|Osaka (West)|198.18.1.5]:"""
+NINE_20 = """2 gateway servers available:
+  Osaka (gw-2.example.com) [priority 1]
+  Tokyo (gw-1.example.com) [unprioritized]"""
+
+
+def test_the_list_as_openconnect_9_01_prints_it() -> None:
+    assert portal_gateways(NINE_01.splitlines()) == [
+        {"address": "gw-1.example.com", "label": "Tokyo"},
+        {"address": "gw-2.example.com:4443", "label": "Osaka (West)"},
+        {"address": "198.18.1.5", "label": "198.18.1.5"}]
+
+
+def test_the_list_with_the_priorities_9_20_prints() -> None:
+    assert portal_gateways(NINE_20.splitlines()) == [
+        {"address": "gw-2.example.com", "label": "Osaka", "priority": 1},
+        {"address": "gw-1.example.com", "label": "Tokyo"}]
+
+
+@pytest.mark.parametrize("lines", [
+    [],
+    ["3 gateway servers available:", "  Tokyo (gw-1.example.com)", "GATEWAY: [Tokyo]:"],
+    ["  Tokyo (gw-1.example.com)"],  # no header: not the list
+])
+def test_no_list_or_a_list_cut_short_is_none(lines: list[str]) -> None:
+    assert portal_gateways(lines) == []
+
+
+def test_the_last_complete_list_counts() -> None:
+    twice = [*NINE_20.splitlines(), "1 gateway servers available:", "  Kyoto (gw-9)"]
+    assert portal_gateways(twice) == [{"address": "gw-9", "label": "Kyoto"}]

@@ -389,7 +389,10 @@ def test_after_resume_a_better_gateway_is_recommended_or_followed(fresh: Env) ->
         env = Env(lab, start_daemon(stack, lab, directory, faketime_env(timestamp)), [])
         # Its sessions end before its daemon does, also when the test fails half-way (a
         # tunnel left up would make the next test's tun0 a tun1).
-        stack.callback(lambda: [run.stop() for run in env.runs])
+        @stack.callback
+        def stop_sessions() -> None:
+            for run in env.runs:
+                run.stop()
 
         def sleep_hours(hours: int, **rtts: float) -> None:
             """Suspend with the VPN up; meanwhile the distances change; resume."""
