@@ -174,8 +174,9 @@ class NmSync:
         except NmError as exc:
             out["error"] = str(exc)
             connections = self.connections
-        out["connections"] = [{"name": c.name, "uuid": c.uuid, "gateway": c.gateway,
-                               "lasthost": c.lasthost, "problem": c.problem,
+        out["connections"] = [{"name": c.name, "uuid": c.uuid, "protocol": c.protocol,
+                               "gateway": c.gateway, "lasthost": c.lasthost,
+                               "problem": c.problem,
                                "servers": [[e.name, e.address] for e in c.entries]}
                               for c in connections]
         return out
