@@ -112,15 +112,27 @@ def xmlconfig(entries: Sequence[Profile]) -> str:
     return base64.b64encode(xml.encode()).decode()
 
 
+def gp_xmlconfig(entries: Sequence[Profile]) -> str:
+    """What NetworkManager-openconnect stores as `xmlconfig` after a GlobalProtect portal
+    login: openconnect's parse_portal_xml (9.01) writes the portal's entry
+    (`portal/global-protect`), then one per gateway (`host[:port]/ssl-vpn`), so."""
+    hosts = "".join(f"      <HostEntry><HostName>{e.name}</HostName><HostAddress>{e.address}"
+                    "</HostAddress></HostEntry>\n" for e in entries)
+    xml = f"<GPPortal>\n  <ServerList>\n{hosts}  </ServerList>\n</GPPortal>\n"
+    return base64.b64encode(xml.encode()).decode()
+
+
 def keyfile(name: str, uuid: str, *, gateway: str, entries: Sequence[Profile],
-            lasthost: str | None) -> str:
+            lasthost: str | None, protocol: str = "anyconnect") -> str:
     """An openconnect connection as nm-connection-editor and the auth dialog leave it
-    after a first login (cookie, gateway and gwcert are never saved)."""
-    secrets = f"xmlconfig={xmlconfig(entries)}\n" if entries else ""
+    after a first login (cookie, gateway and gwcert are never saved); for protocol "gp",
+    `entries` are the GlobalProtect server list's, portal included."""
+    config = gp_xmlconfig(entries) if protocol == "gp" else xmlconfig(entries)
+    secrets = f"xmlconfig={config}\n" if entries else ""
     secrets += f"lasthost={lasthost}\n" if lasthost else ""
     return (f"[connection]\nid={name}\nuuid={uuid}\ntype=vpn\nautoconnect=false\n\n"
             "[vpn]\nservice-type=org.freedesktop.NetworkManager.openconnect\n"
-            f"gateway={gateway}\nprotocol=anyconnect\nauthtype=password\n"
+            f"gateway={gateway}\nprotocol={protocol}\nauthtype=password\n"
             "cookie-flags=2\ngateway-flags=2\ngwcert-flags=2\nxmlconfig-flags=0\n"
             f"lasthost-flags=0\n\n[vpn-secrets]\n{secrets}\n"
             "[ipv4]\nmethod=auto\n\n[ipv6]\nmethod=disabled\n")
@@ -128,17 +140,19 @@ def keyfile(name: str, uuid: str, *, gateway: str, entries: Sequence[Profile],
 
 def dialog_choice(gateway: str, lasthost: str | None, entries: Sequence[Profile]) -> str:
     """The server NetworkManager-openconnect's auth dialog connects to (1.2.8's get_config,
-    parse_xmlconfig, populate_vpnhost_combo; entries without UserGroup). The GTK dialog
-    cannot run here, so this stands in for it: it lists the gateway, then each profile
+    parse_xmlconfig, populate_vpnhost_combo; entries without UserGroup), as the URL it
+    hands openconnect (a GlobalProtect `/ssl-vpn` one is a gateway login). The GTK dialog
+    cannot run here, so this stands in for it: it lists the gateway, then each xmlconfig
     entry, dropping the head of the list whenever an entry has the head's address and
-    group, and pre-selects the entry whose HostName is `lasthost`, else the first."""
+    group, and pre-selects the last host whose HostName is `lasthost`, else the first."""
     name, _, group = gateway.partition("/")
     listed = [(name, gateway, group)]  # HostName, HostAddress, UserGroup
     for entry in entries:
         listed.append((entry.name, entry.address, ""))
         if entry.address.lower() == listed[0][1].lower() and listed[0][2] == "":
             listed.pop(0)
-    return next((address for name, address, _ in listed if name == lasthost), listed[0][1])
+    chosen = [address for name, address, _ in listed if name == lasthost]
+    return chosen[-1] if chosen else listed[0][1]
 
 
 class NetworkManagerNs:

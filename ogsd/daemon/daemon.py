@@ -108,7 +108,8 @@ class Daemon:
             NetState(Sources(config.resolv_conf, resolved=self._resolved),
                      netns=options.netns),
             self.persister, clock=clock, gateways_by_address=self._gateways_by_address)
-        self.nm = NmSync(config.networkmanager, options.bus_address)
+        self.nm = NmSync(config.networkmanager, options.bus_address,
+                         headends=config.gateways)
         self.rounds = Rounds(self.engine, self.where, self.persister, nm=self.nm, feed=self.feed,
                              notifier=self.notifier, store=store, clock=clock,
                              observe=self._observe)

@@ -1,18 +1,15 @@
 """NetworkManager-openconnect connections over NM's D-Bus API: read, and point at a server.
 
 What NM-openconnect keeps in a connection (checked in its source, 1.2.8 as in Debian 12;
-the same since 0.9):
-- `vpn.data` `gateway`: the server the auth dialog lists first, `host[:port][/group]`;
-- `vpn.secrets` `xmlconfig`: the AnyConnect profile the server pushed at the last login,
-  base64-encoded, a saved system secret (flags 0, in the keyfile's [vpn-secrets]);
-- `vpn.secrets` `lasthost`: the HostName of the entry last connected to; the auth dialog
-  lists the gateway, then every HostEntry of xmlconfig that has a HostName and a
-  HostAddress (dropping the gateway when an entry has its address and group), and
-  pre-selects the entry whose HostName is `lasthost` (else the first).
+the same since 0.9; the auth dialog's side is in ogsd.nm.servers):
+- `vpn.data` `gateway`: the server the auth dialog lists first, `host[:port][/group]`
+  (for GlobalProtect, normally the portal); `protocol`: openconnect's protocol name;
+- `vpn.secrets` `xmlconfig`: the server list of the last login (AnyConnect's profile,
+  GlobalProtect's GPPortal list), base64-encoded, a saved system secret (flags 0, in the
+  keyfile's [vpn-secrets]);
+- `vpn.secrets` `lasthost`: the HostName of the host last connected to, which the auth
+  dialog pre-selects.
 NM itself connects to the `gateway` *secret* that the auth dialog returns (never saved).
-So pointing a connection at a server means: `vpn.data gateway` = its address (what the
-dialog starts from, and the only server of a connection without xmlconfig) and
-`lasthost` = its HostName (what the dialog pre-selects).
 
 Reading secrets (GetSecrets) and writing (Update2) need polkit's
 `org.freedesktop.NetworkManager.settings.modify.system` for system connections.
@@ -20,10 +17,7 @@ Reading secrets (GetSecrets) and writing (Update2) need polkit's
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,9 +25,10 @@ import structlog
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from ogsd.config.address import HTTPS_PORT, Address, split_address
-from ogsd.config.profile import ProfileError, parse_profile_data
+from ogsd.config.address import Address
+from ogsd.config.profile import ProfileError
 from ogsd.core.models import Gateway
+from ogsd.nm.servers import ANYCONNECT, GLOBALPROTECT, Entry, entries_from_xmlconfig, gateway_of
 
 log = structlog.get_logger("ogsd.nm.connections")
 
@@ -62,15 +57,6 @@ class NmError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    """One server the auth dialog lists: a profile HostEntry."""
-
-    name: str  # HostName: what `lasthost` holds
-    address: str  # what `vpn.data gateway` holds to name it: host[:port][/group]
-    gateway: Gateway
-
-
-@dataclass(frozen=True, slots=True)
 class Connection:
     """An openconnect connection as ogsd needs it."""
 
@@ -82,56 +68,25 @@ class Connection:
     entries: tuple[Entry, ...]  # from xmlconfig; () before the first login
     problem: str | None = None  # why the entries may be incomplete (secrets unreadable...)
     secret_keys: frozenset[str] = frozenset()  # the saved secrets it had when read
+    protocol: str = ANYCONNECT  # vpn.data protocol (absent: AnyConnect)
 
     @property
     def gateways(self) -> tuple[Gateway, ...]:
-        """Its servers to probe: the profile's entries, else the one gateway it has."""
+        """Its servers to probe: xmlconfig's entries, else the one gateway an AnyConnect
+        connection has (a GlobalProtect one's is the portal; other protocols: none)."""
         if self.entries:
             return tuple(e.gateway for e in self.entries)
-        gateway = gateway_of(self.gateway)
+        gateway = gateway_of(self.gateway) if self.protocol == ANYCONNECT else None
         return () if gateway is None else (gateway,)
 
     def pointed_at(self) -> str | None:
-        """The host the auth dialog would connect to now."""
-        chosen = next((e for e in self.entries if e.name == self.lasthost), None)
-        if chosen is not None:
-            return chosen.gateway.host
+        """The host the auth dialog would connect to now (the last listed host named
+        `lasthost`, else its gateway)."""
+        named = [e for e in self.entries if e.name == self.lasthost]
+        if named and not named[-1].shadowed:
+            return named[-1].gateway.host
         gateway = gateway_of(self.gateway)
         return None if gateway is None else gateway.host
-
-
-def gateway_of(text: str) -> Gateway | None:
-    """`host[:port][/group]` (or an https:// URL) as a Gateway; None if it is no address."""
-    try:
-        address = split_address(text)
-    except ValueError:
-        return None
-    return Gateway(host=address.host, user_group=address.group,
-                   port=address.port or HTTPS_PORT)
-
-
-def entry_address(gateway: Gateway) -> str:
-    """What `vpn.data gateway` says for a gateway (the auth dialog's host/group form)."""
-    host = Address(gateway.host, gateway.port).text
-    return f"{host}/{gateway.user_group}" if gateway.user_group else host
-
-
-def entries_from_xmlconfig(encoded: str, origin: str) -> tuple[Entry, ...]:
-    """The listed servers of a base64 xmlconfig; ProfileError if it cannot be read."""
-    try:
-        data = base64.b64decode(encoded, validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise ProfileError(f"{origin}: not base64: {exc}") from None
-    profile = parse_profile_data(Path(origin), data)
-    # The dialog lists only entries with both a HostName and a HostAddress.
-    return tuple(Entry(g.name, entry_address(g), g) for g in profile.gateways if g.name)
-
-
-def choose(connection: Connection, order: list[str]) -> Entry | None:
-    """The first host of a decision's failover order among the connection's listed
-    servers (backups are not listed by the auth dialog, so never chosen here)."""
-    by_host = {e.gateway.host: e for e in connection.entries}
-    return next((by_host[host] for host in order if host in by_host), None)
 
 
 class NetworkManager:
@@ -199,14 +154,18 @@ class NetworkManager:
             problem = f"its secrets (xmlconfig, lasthost) are not readable: {exc}"
         # Older or hand-written connections may carry it as data; the secret wins.
         xmlconfig = secrets.get("xmlconfig") or data.get("xmlconfig")
+        gateway, protocol = data.get("gateway", ""), data.get("protocol") or ANYCONNECT
         entries: tuple[Entry, ...] = ()
         if xmlconfig:
+            portal = gateway_of(gateway) if protocol == GLOBALPROTECT else None
             try:
-                entries = entries_from_xmlconfig(xmlconfig, f"NetworkManager '{name}' xmlconfig")
+                entries = entries_from_xmlconfig(
+                    xmlconfig, f"NetworkManager '{name}' xmlconfig", protocol,
+                    portal=None if portal is None else Address(portal.host, portal.port).text)
             except ProfileError as exc:
                 problem = str(exc)
-        return Connection(path, uuid, name, data.get("gateway", ""), secrets.get("lasthost"),
-                          entries, problem, frozenset(secrets))
+        return Connection(path, uuid, name, gateway, secrets.get("lasthost"), entries, problem,
+                          frozenset(secrets), protocol)
 
     async def secrets(self, path: str, expect: frozenset[str] = frozenset()) -> dict[str, str]:
         """The vpn setting's saved secrets, asked again while the answer is empty or lacks

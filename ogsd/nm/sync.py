@@ -4,8 +4,11 @@ decision applied to them (ogsd.nm.connections does the D-Bus).
 `[networkmanager] connections` names the openconnect connections (or "all"). Their servers
 join the configured gateways, re-read before each round (a login may bring a new
 profile). After each decision every such connection that is not active is pointed at
-the first server of the failover order it has, so the user's ordinary "connect" lands
-there; an active one is left alone until it disconnects.
+the first server of the failover order it has (ogsd.nm.servers.plan: AnyConnect and
+GlobalProtect alike; one not logged in yet, whose gateway is one of ogsd's configured
+gateways, at the best of those), so the user's ordinary "connect" lands there; an
+active one is left alone until it disconnects. A connection left as it is says why in
+one log line, again only when the reason changes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import structlog
 
 from ogsd.config.model import Config, NetworkManagerConfig
 from ogsd.core.models import Gateway
-from ogsd.nm.connections import Connection, NetworkManager, NmError, choose
+from ogsd.nm.connections import Connection, NetworkManager, NmError
+from ogsd.nm.servers import ALREADY, plan
 
 log = structlog.get_logger("ogsd.nm.connections")
 
@@ -42,19 +46,25 @@ def merged(config: Config, gateways: tuple[Gateway, ...]) -> Config:
 class NmSync:
     """Reads our NetworkManager connections; points them after each decision."""
 
-    def __init__(self, config: NetworkManagerConfig, bus_address: str | None = None) -> None:
+    def __init__(self, config: NetworkManagerConfig, bus_address: str | None = None, *,
+                 headends: tuple[Gateway, ...] = ()) -> None:
         self.config = config
         self.nm = NetworkManager(bus_address)
+        # ogsd's configured gateways (ogsd.toml, profiles; not NetworkManager's): where a
+        # connection not logged in yet may be moved among. Updated by `with_gateways`.
+        self.headends = headends
         self.connections: list[Connection] = []  # ours, as last read
         self.applied: list[Json] = []  # what the last apply did, for `ogsctl diag`
         self._problems: dict[str, str] = {}  # logged once per connection and text
+        self._left: dict[str, str] = {}  # why each connection was last left as it is
 
     def close(self) -> None:
         self.nm.close()
 
     async def with_gateways(self, config: Config) -> Config:
         """`config` plus our connections' servers (re-read; kept as they were if NM
-        cannot be asked now)."""
+        cannot be asked now). `config` is the configured one: its gateways are ours."""
+        self.headends = config.gateways
         try:
             fresh = [c for c in await self.nm.openconnect_connections()
                      if self.config.wants(c.name)]
@@ -117,24 +127,31 @@ class NmSync:
         out: Json = {"name": connection.name, "uuid": connection.uuid,
                      "gateway": connection.gateway, "lasthost": connection.lasthost,
                      "changed": False}
-        target = choose(connection, order)
-        if not connection.entries:  # its gateway is its only server: nothing to choose
-            out["note"] = "no server list (xmlconfig) yet: it has one server"
-            return out
-        if target is None:
-            out["note"] = "none of its servers is in the failover order"
-            return out
-        gateway, lasthost = target.address, target.name
-        if connection.uuid in active:
+        wanted = plan(protocol=connection.protocol, gateway=connection.gateway,
+                      lasthost=connection.lasthost, entries=connection.entries,
+                      problem=connection.problem, order=order, headends=self.headends)
+        if wanted.note is not None and wanted.note != ALREADY:
+            out["note"] = wanted.note
+        elif connection.uuid in active:
             out["note"] = "active: left as it is until it disconnects"
-        elif (gateway, lasthost) == (connection.gateway, connection.lasthost):
-            out["note"] = "already pointed at the optimal server"
+        elif wanted.note is not None:
+            out["note"] = wanted.note
+            self._left.pop(connection.uuid, None)
+            return out
         else:
-            await self.nm.point(connection, gateway=gateway, lasthost=lasthost)
+            assert wanted.gateway is not None
+            await self.nm.point(connection, gateway=wanted.gateway, lasthost=wanted.lasthost)
+            lasthost = wanted.lasthost or connection.lasthost
             log.info("NetworkManager connection pointed at the optimal server",
-                     connection=connection.name, gateway=gateway, lasthost=lasthost,
+                     connection=connection.name, gateway=wanted.gateway, lasthost=lasthost,
                      was=connection.gateway, was_lasthost=connection.lasthost)
-            out.update(gateway=gateway, lasthost=lasthost, changed=True)
+            out.update(gateway=wanted.gateway, lasthost=lasthost, changed=True)
+            self._left.pop(connection.uuid, None)
+            return out
+        if self._left.get(connection.uuid) != out["note"]:
+            self._left[connection.uuid] = out["note"]
+            log.info("NetworkManager connection left as it is", connection=connection.name,
+                     uuid=connection.uuid, reason=out["note"])
         return out
 
     async def connected_host(self, uuid: str) -> str:
@@ -157,8 +174,9 @@ class NmSync:
         except NmError as exc:
             out["error"] = str(exc)
             connections = self.connections
-        out["connections"] = [{"name": c.name, "uuid": c.uuid, "gateway": c.gateway,
-                               "lasthost": c.lasthost, "problem": c.problem,
+        out["connections"] = [{"name": c.name, "uuid": c.uuid, "protocol": c.protocol,
+                               "gateway": c.gateway, "lasthost": c.lasthost,
+                               "problem": c.problem,
                                "servers": [[e.name, e.address] for e in c.entries]}
                               for c in connections]
         return out

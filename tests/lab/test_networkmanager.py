@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import select
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,9 +59,10 @@ def spec(rtts: tuple[int, int, int]) -> LabSpec:
 class Session:
     """NetworkManager and ogsd in the lab's client namespace; what was done, as a transcript."""
 
-    def __init__(self, lab: Lab, directory: Path) -> None:
+    def __init__(self, lab: Lab, directory: Path, entries: list[Profile] = PROFILES) -> None:
         self.lab = lab
         self.dir = directory
+        self.entries = entries  # the connection's xmlconfig ([]: never logged in)
         self.uuid = new_uuid()
         self.nm = NetworkManagerNs(lab.client_ns, directory,
                                    path_dirs=[str(Path(sys.executable).parent)])
@@ -93,13 +97,29 @@ class Session:
         secrets at all (see ogsd.nm.connections.SECRETS_TRIES)."""
         saved = configparser.ConfigParser(interpolation=None)
         saved.read(self.nm.keyfile("work"))
-        return saved["vpn"]["gateway"], saved["vpn-secrets"].get("lasthost")
+        return saved["vpn"]["gateway"], saved.get("vpn-secrets", "lasthost", fallback=None)
+
+    def wait_pointed(self, monitor: subprocess.Popen[bytes], want: tuple[str, str | None]
+                     ) -> None:
+        """Wait until the connection is saved pointed at `want`, re-reading it at each
+        change `nmcli connection monitor` reports (NetworkManager may report more than
+        ogsd's one: a line alone does not say ours is saved)."""
+        assert monitor.stdout is not None
+        seen: list[str] = []
+        end = time.monotonic() + WAIT_S
+        while self.pointed() != want:
+            ready, _, _ = select.select([monitor.stdout], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"not pointed at {want} within {WAIT_S} s: "
+                                     f"{self.pointed()}; NetworkManager said {seen}")
+            # The descriptor, not readline: Python's buffer would hide a second line from select.
+            seen.append(os.read(monitor.stdout.fileno(), 4096).decode().strip())
 
     def connect(self) -> str:
         """What a user's "connect" does: the auth dialog's server, a login there, then
         NetworkManager up with the dialog's secrets. The server logged in to."""
         gateway, lasthost = self.pointed()
-        target = dialog_choice(gateway, lasthost, PROFILES)
+        target = dialog_choice(gateway, lasthost, self.entries)
         self.note(f"# the auth dialog starts from gateway={gateway}, lasthost={lasthost}: "
                   f"it connects to {target}")
         auth = self.nm.run(["openconnect", "--authenticate", "--user", self.lab.vpn_user,
@@ -120,6 +140,17 @@ class Session:
 
 @pytest.fixture
 def session(make_lab: LabFactory) -> Iterator[Session]:
+    yield from new_session(make_lab, PROFILES, "Tokyo")
+
+
+@pytest.fixture
+def bare_session(make_lab: LabFactory) -> Iterator[Session]:
+    """The connection as a user creates it, before the first login: Tokyo typed in."""
+    yield from new_session(make_lab, [], None)
+
+
+def new_session(make_lab: LabFactory, entries: list[Profile], lasthost: str | None
+                ) -> Iterator[Session]:
     for tool in ("NetworkManager", "nmcli", "openconnect"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (network-manager, "
@@ -127,10 +158,10 @@ def session(make_lab: LabFactory) -> Iterator[Session]:
     lab = make_lab(spec((80, 20, 50)))  # Osaka is the nearest
     directory = short_dir("ogsd-nm-")
     directory.chmod(0o755)
-    s = Session(lab, directory)
+    s = Session(lab, directory, entries)
     try:
-        s.nm.start({"work": keyfile(NAME, s.uuid, gateway=TOKYO, entries=PROFILES,
-                                    lasthost="Tokyo")})
+        s.nm.start({"work": keyfile(NAME, s.uuid, gateway=TOKYO, entries=entries,
+                                    lasthost=lasthost)})
         yield s
     finally:
         s.nm.stop()
@@ -138,9 +169,11 @@ def session(make_lab: LabFactory) -> Iterator[Session]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def start_ogsd(s: Session) -> subprocess.Popen[bytes]:
+def start_ogsd(s: Session, gateways: list[str] = []) -> subprocess.Popen[bytes]:  # noqa: B006
+    """ogsd following the connection; `gateways`: its own configured ones."""
     config = s.dir / "ogsd.toml"
-    config.write_text('[ogs]\nround_deadline_s = 5\n[daemon]\ncontinuous = false\n'
+    config.write_text("".join(f'[[gateway]]\nhost = "{g}"\n' for g in gateways)
+                      + '[ogs]\nround_deadline_s = 5\n[daemon]\ncontinuous = false\n'
                       f'[networkmanager]\nconnections = ["{NAME}"]\n')
     with NotifySocket(s.dir / "notify") as notify:
         proc = s.nm.spawn(ogsd_argv(config, s.dir / "state"), log="ogsd.log",
@@ -166,10 +199,7 @@ def test_connection_follows_ogsd_and_a_connect_lands_on_its_choice(session: Sess
     assert s.request("status")["selected"] == OSAKA
 
     # ...and pointed the connection at its choice.
-    assert monitor.stdout is not None
-    line = monitor.stdout.readline().decode()
-    assert "changed" in line, line
-    assert s.pointed() == (OSAKA, "Osaka")
+    s.wait_pointed(monitor, (OSAKA, "Osaka"))
     s.nmcli("-g", "vpn.data", "connection", "show", NAME)
 
     # A connect lands there: ocserv on Osaka has the session, the others none.
@@ -227,3 +257,43 @@ def test_connection_follows_ogsd_and_a_connect_lands_on_its_choice(session: Sess
     (seen,) = nm_view["connections"]
     assert (seen["name"], seen["lasthost"]) == (NAME, "Nagoya")
     assert [name for name, _ in seen["servers"]] == ["Tokyo", "Osaka", "Nagoya"]
+
+
+def logged(s: Session, event: str) -> list[dict[str, Any]]:
+    """ogsd's log events (JSON lines) called `event`, so far."""
+    lines = (s.dir / "ogsd.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in events if e.get("event") == event]
+
+
+def test_a_connection_never_logged_in_is_pointed_at_the_nearest_of_ours(
+        bare_session: Session) -> None:
+    """No xmlconfig yet: the connection's only server is its gateway, Tokyo, one of the
+    gateways ogsd is configured with; ogsd moves it to the nearest of those."""
+    s = bare_session
+    s.note(f"# lab: {TOKYO} 80 ms, {OSAKA} 20 ms, {NAGOYA} 50 ms (RTT); no xmlconfig yet")
+    monitor = s.nm.spawn(["nmcli", "connection", "monitor", s.uuid], log="monitor.log",
+                         stdout=subprocess.PIPE)
+    start_ogsd(s, [TOKYO, OSAKA, NAGOYA])
+    assert s.request("status")["selected"] == OSAKA
+    s.wait_pointed(monitor, (OSAKA, None))
+    (pointed,) = logged(s, "NetworkManager connection pointed at the optimal server")
+    assert (pointed["was"], pointed["gateway"]) == (TOKYO, OSAKA)
+    s.nmcli("-g", "vpn.data", "connection", "show", NAME)
+
+    # A connect lands there.
+    assert s.connect() == OSAKA
+    assert [x["Username"] for x in s.lab.vpn_sessions(OSAKA)] == [s.lab.vpn_user]
+    assert s.lab.vpn_sessions(TOKYO) == s.lab.vpn_sessions(NAGOYA) == []
+    s.nm.wait_event("vpn-up", s.uuid)
+
+    # Active, it is left as it is, and ogsd says why once, however often it is asked.
+    s.lab.set(spec((80, 60, 15)))
+    assert s.request("evaluate", {"wait": True})["selected"] == NAGOYA
+    for _ in range(2):
+        (applied,) = s.request("nm.apply")["connections"]
+        assert applied["note"] == "active: left as it is until it disconnects"
+    left = logged(s, "NetworkManager connection left as it is")
+    assert [(e["connection"], e["reason"]) for e in left] == [
+        (NAME, "active: left as it is until it disconnects")]
+    assert s.pointed() == (OSAKA, None)

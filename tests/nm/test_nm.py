@@ -15,13 +15,8 @@ import pytest
 from ogsd.config.load import load_config
 from ogsd.config.profile import ProfileError
 from ogsd.core.models import Gateway
-from ogsd.nm.connections import (
-    Connection,
-    choose,
-    entries_from_xmlconfig,
-    entry_address,
-    gateway_of,
-)
+from ogsd.nm.connections import Connection
+from ogsd.nm.servers import choose, entries_from_xmlconfig, entry_address, gateway_of
 from ogsd.nm.sync import merged
 from tests.nm_helpers import Profile, dialog_choice, xmlconfig
 from tests.test_units import POLKIT_EVAL
@@ -84,15 +79,15 @@ def test_choice_follows_the_failover_order_among_its_own_servers() -> None:
     conn = connection("vpn-tyo.example.com", "Tokyo")
     order = ["vpn-other.example.net", "vpn-kix.example.com", "vpn-osa.example.com",
              "vpn-tyo.example.com"]
-    chosen = choose(conn, order)
+    chosen = choose(conn.entries, order)
     assert chosen is not None
     assert chosen.name == "Osaka"  # a backup is no entry of the dialog's list
-    assert choose(conn, ["vpn-other.example.net"]) is None
+    assert choose(conn.entries, ["vpn-other.example.net"]) is None
     # Before the first login there is no profile: its gateway is its only server, and
     # there is nothing to choose.
     bare = connection("vpn.example.com", None, xml=None)
     assert bare.gateways == (Gateway("vpn.example.com"),)
-    assert choose(bare, ["vpn.example.com"]) is None
+    assert choose(bare.entries, ["vpn.example.com"]) is None
 
 
 def test_pointed_at_is_what_the_dialog_would_preselect() -> None:

@@ -18,15 +18,21 @@ from structlog.testing import capture_logs
 
 from ogsd.config.load import load_config
 from ogsd.nm.connections import NetworkManager, NmError
+from ogsd.nm.servers import ALREADY
 from ogsd.nm.sync import NmSync
 from tests.daemon_helpers import short_dir
-from tests.nm_helpers import NetworkManagerNs, Profile, keyfile, new_uuid
+from tests.nm_helpers import NetworkManagerNs, Profile, dialog_choice, keyfile, new_uuid
 
 pytestmark = [pytest.mark.root, pytest.mark.anyio]
 
 PROFILES = [Profile("Tokyo", "vpn-tyo.example.com"), Profile("Osaka", "vpn-osa.example.com"),
             Profile("Nagoya", "vpn-ngo.example.com")]
-WORK, BARE, BROKEN, OTHER = new_uuid(), new_uuid(), new_uuid(), new_uuid()
+WORK, BARE, BROKEN, OTHER, GP = (new_uuid() for _ in range(5))
+PORTAL = "portal.example.com"
+# A GlobalProtect connection after a portal login (openconnect 9.01's server list).
+GP_LIST = [Profile("Example Portal", f"{PORTAL}/global-protect"),
+           Profile("GP Tokyo", "gp-tyo.example.com/ssl-vpn"),
+           Profile("GP Osaka", "gp-osa.example.com:4443/ssl-vpn")]
 # Another plugin's VPN: none of ogsd's business (NetworkManager loads it all the same).
 VPNC = f"""[connection]
 id=Other VPN
@@ -63,6 +69,8 @@ def nm(netns: str) -> Iterator[NetworkManagerNs]:
                             entries=(), lasthost=None),
             "broken": broken,
             "other": VPNC,
+            "gp": keyfile("GP VPN", GP, gateway=PORTAL, entries=GP_LIST,
+                          lasthost="Example Portal", protocol="gp"),
         })
         yield manager
     finally:
@@ -75,7 +83,7 @@ async def test_openconnect_connections_as_the_auth_dialog_sees_them(
     client = NetworkManager(nm.bus_address)
     try:
         found = {c.uuid: c for c in await client.openconnect_connections()}
-        assert set(found) == {WORK, BARE, BROKEN}  # the vpnc one is not listed
+        assert set(found) == {WORK, BARE, BROKEN, GP}  # the vpnc one is not listed
         work = found[WORK]
         assert (work.name, work.gateway, work.lasthost) == (
             "Work VPN", "vpn-tyo.example.com", "Tokyo")
@@ -174,5 +182,106 @@ async def test_sync_adds_the_servers_and_maps_a_uuid_to_the_server(
             await sync.connected_host(OTHER)
         report = await sync.report()
         assert [c["name"] for c in report["connections"]] == ["Work VPN"]
+    finally:
+        sync.close()
+
+
+def saved(nm: NetworkManagerNs, name: str) -> configparser.ConfigParser:
+    """A connection's keyfile as NetworkManager wrote it."""
+    keyfile = configparser.ConfigParser(interpolation=None)
+    keyfile.read(nm.keyfile(name))
+    return keyfile
+
+
+async def test_a_globalprotect_connection_is_probed_and_pointed_at_a_gateway(
+        nm: NetworkManagerNs, tmp_path: Path) -> None:
+    path = tmp_path / "ogsd.toml"
+    path.write_text('[networkmanager]\nconnections = ["GP VPN"]\n')
+    sync = NmSync(load_config(path).networkmanager, nm.bus_address)
+    before = saved(nm, "gp")
+    try:
+        config = await sync.with_gateways(load_config(path))
+        assert [(g.host, g.port, g.name, g.protocol, g.portal) for g in config.gateways] == [
+            ("gp-tyo.example.com", 443, "GP Tokyo", "gp", PORTAL),
+            ("gp-osa.example.com", 4443, "GP Osaka", "gp", PORTAL)]
+        assert await sync.connected_host(GP) == PORTAL  # the dialog would log in there
+        with capture_logs() as logs:
+            (done,) = await sync.apply({"order": ["elsewhere.example.net",
+                                                  "gp-osa.example.com", "gp-tyo.example.com"]})
+        assert (done["gateway"], done["lasthost"], done["changed"]) == (PORTAL, "GP Osaka", True)
+        assert [e["event"] for e in logs] == [
+            "NetworkManager connection pointed at the optimal server"]
+        after = saved(nm, "gp")
+        # The portal stays the dialog's first host; lasthost makes it pick the gateway.
+        assert after["vpn"]["gateway"] == PORTAL
+        assert after["vpn"]["protocol"] == "gp"
+        assert after["vpn-secrets"]["lasthost"] == "GP Osaka"
+        assert after["vpn-secrets"]["xmlconfig"] == before["vpn-secrets"]["xmlconfig"]
+        assert dialog_choice(PORTAL, "GP Osaka", GP_LIST) == "gp-osa.example.com:4443/ssl-vpn"
+        assert await sync.connected_host(GP) == "gp-osa.example.com"
+        (again,) = await sync.apply({"order": ["gp-osa.example.com"]})
+        assert (again["changed"], again["note"]) == (False, ALREADY)
+    finally:
+        sync.close()
+
+
+async def test_a_connection_not_logged_in_yet_is_moved_to_our_best_gateway(
+        nm: NetworkManagerNs, tmp_path: Path) -> None:
+    """"New VPN" has no xmlconfig: its gateway, https://vpn.example.com/staff, is one of
+    ogsd's configured gateways, so it is moved to the best of those."""
+    path = tmp_path / "ogsd.toml"
+    path.write_text('[[gateway]]\nhost = "vpn.example.com"\n'
+                    '[[gateway]]\nhost = "vpn-b.example.com:8443"\n'
+                    '[networkmanager]\nconnections = ["New VPN"]\n')
+    sync = NmSync(load_config(path).networkmanager, nm.bus_address)
+    try:
+        await sync.with_gateways(load_config(path))  # ogsd's gateways, as the daemon's rounds
+        (done,) = await sync.apply({"order": ["vpn-b.example.com", "vpn.example.com"]})
+        assert (done["gateway"], done["changed"]) == ("vpn-b.example.com:8443/staff", True)
+        after = saved(nm, "bare")
+        assert after["vpn"]["gateway"] == "vpn-b.example.com:8443/staff"  # the group kept
+        assert after.get("vpn-secrets", "lasthost", fallback=None) is None  # none to pre-select
+        assert await sync.connected_host(BARE) == "vpn-b.example.com"
+        (again,) = await sync.apply({"order": ["vpn-b.example.com", "vpn.example.com"]})
+        assert (again["changed"], again["note"]) == (False, ALREADY)
+        # Back, when the order says so.
+        (back,) = await sync.apply({"order": ["vpn.example.com"]})
+        assert back["changed"]
+        assert saved(nm, "bare")["vpn"]["gateway"] == "vpn.example.com/staff"
+    finally:
+        sync.close()
+
+
+async def test_a_connection_left_as_it_is_says_why_once(
+        nm: NetworkManagerNs, tmp_path: Path) -> None:
+    path = tmp_path / "ogsd.toml"
+    path.write_text('[[gateway]]\nhost = "vpn-other.example.com"\n'
+                    '[networkmanager]\nconnections = "all"\n')
+    sync = NmSync(load_config(path).networkmanager, nm.bus_address)
+    order = {"order": [PROFILES[0].address, "vpn-other.example.com"]}
+    try:
+        await sync.with_gateways(load_config(path))
+        with capture_logs() as logs:
+            first = {c["name"]: c for c in await sync.apply(order)}
+            await sync.apply(order)  # the same reasons: not said again
+        left = [(e["connection"], e["reason"]) for e in logs
+                if e["event"] == "NetworkManager connection left as it is"]
+        # Work VPN is where it should be: nothing left undone, nothing said.
+        assert sorted(left) == [
+            ("Broken", "its server list is unknown: NetworkManager 'Broken' xmlconfig: line 1, "
+                       "column 19: XML syntax error: unclosed token"),
+            ("GP VPN", "none of its servers is in the failover order"),
+            ("New VPN", "no server list (xmlconfig) yet, and its gateway vpn.example.com is "
+                        "not one of ogsd's configured gateways")]
+        assert first["Work VPN"]["note"] == ALREADY
+        assert {n: c["changed"] for n, c in first.items()} == dict.fromkeys(first, False)
+        assert all(e["log_level"] == "info" for e in logs)
+        # A new reason is said once more; a connection pointed says so instead.
+        with capture_logs() as logs:
+            await sync.apply({"order": ["gp-tyo.example.com"]})
+        said = {e["connection"]: e for e in logs if e.get("connection")}
+        assert said["Work VPN"]["reason"] == "none of its servers is in the failover order"
+        assert said["GP VPN"]["event"] == "NetworkManager connection pointed at the optimal server"
+        assert set(said) == {"Work VPN", "GP VPN"}  # the others' reasons stand
     finally:
         sync.close()
