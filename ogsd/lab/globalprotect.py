@@ -235,8 +235,8 @@ def _https_post(
                 "Content-Type": "application/x-www-form-urlencoded",
             },
         )
+        peer = conn.sock.getpeername()[0] if conn.sock else None  # connected by now
         response = conn.getresponse()
-        peer = conn.sock.getpeername()[0] if conn.sock else None  # before a close
         data = response.read()
         return {
             "status": response.status,
