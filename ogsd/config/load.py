@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ogsd.config import tables
+from ogsd.config.gpportal import PortalError, load_portal_config
 from ogsd.config.model import MAX_CACHE_LIFETIME_DAYS, PAC_SCHEMES, PROXY_MODES, Config, ConfigError
 from ogsd.config.profile import MergedProfiles, ProfileError, load_profiles, merge_profiles
 from ogsd.config.proxy import parse_proxy_url
@@ -127,8 +128,9 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
     source, data = read_toml(config_path) if config_path else (Source(None), {})
     base = config_path.parent if config_path else Path()
     root = Table(source, "", data)
-    ogs, daemon_table, dns, metrics, nm = (
-        subtable(root, n) for n in ("ogs", "daemon", "dns", "metrics", "networkmanager"))
+    ogs, daemon_table, dns, metrics, nm, gp = (
+        subtable(root, n) for n in ("ogs", "daemon", "dns", "metrics", "networkmanager",
+                                    "globalprotect"))
     listed = tables.gateways(root)
     warnings: list[str] = []
     searched = _profile_paths(root, base, profile_paths)
@@ -151,6 +153,24 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
             warnings.append(f"{origin}: gateway {gateway.host} is also a [[gateway]] in "
                             f"{config_path}; keeping that one")
         gateways.setdefault(gateway.host, gateway)
+    gp_config = tables.globalprotect(gp, base)
+    portal_sources: list[Path] = []
+    if gp_config is not None:
+        if gateways:
+            raise gp.error("portal", gp_config.portal, "ogsd chooses among one VPN's gateways: "
+                           "remove the AnyConnect gateways (" + ", ".join(list(gateways)[:3])
+                           + ") or the [globalprotect] table")
+        try:
+            portal = load_portal_config(gp_config.portal_config, portal=gp_config.portal,
+                                        region=gp_config.region)
+        except PortalError as e:
+            raise ConfigError(f"{gp.where('portal_config')}: {e}") from None
+        warnings.extend(portal.warnings)
+        gateways = {g.host: g for g in portal.gateways}
+        portal_sources.append(gp_config.portal_config)
+        if not portal.automatic:
+            warnings.append(f"{gp_config.portal_config}: every gateway is manual-only: "
+                            "ogsd measures them but chooses none")
     settings = _settings(ogs, merged, warnings)
     daemon = tables.daemon(daemon_table)
     if settings.probe_timeout > settings.round_deadline:
@@ -173,8 +193,10 @@ def load_config(config_path: Path | None, profile_paths: Sequence[Path] = (), *,
         settings=settings,
         daemon=daemon,
         resolv_conf=resolv_path,
-        sources=(*([config_path] if config_path else []), *(p.path for p in profiles)),
+        sources=(*([config_path] if config_path else []), *(p.path for p in profiles),
+                 *portal_sources),
         warnings=tuple(warnings),
         metrics=metrics_config,
         networkmanager=nm_config,
+        globalprotect=gp_config,
     )

@@ -92,6 +92,15 @@ class NetworkManagerConfig:
 
 
 @dataclass(frozen=True)
+class GlobalProtectConfig:
+    """A GlobalProtect portal whose external gateways are the headends (ogsd.config.gpportal)."""
+
+    portal: str  # the portal's address: what `ogsctl connect --protocol gp` logs into
+    portal_config: Path  # the portal's configuration (getconfig.esp) as the admin saved it
+    region: str | None = None  # whose priority-rule entries count (None: only "Any")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon needs from its configuration files."""
 
@@ -103,6 +112,7 @@ class Config:
     warnings: tuple[str, ...]
     metrics: MetricsConfig = MetricsConfig()
     networkmanager: NetworkManagerConfig = NetworkManagerConfig()
+    globalprotect: GlobalProtectConfig | None = None
 
 
 # What a running daemon cannot change on reload: the socket exists, with its group; the
@@ -130,4 +140,6 @@ def changed_keys(old: Config, new: Config) -> list[str]:
                     if f.compare and getattr(before, f.name) != getattr(after, f.name)]
     if old.resolv_conf != new.resolv_conf:
         changed.append("[dns] resolv_conf")
+    if old.globalprotect != new.globalprotect:
+        changed.append("[globalprotect]")
     return list(dict.fromkeys(changed))  # two fields may stand for one key

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.etree.ElementTree import ParseError
-
-from defusedxml import DefusedXmlException, EntitiesForbidden
-from defusedxml.ElementTree import DefusedXMLParser
 
 from ogsd.config.address import HTTPS_PORT, Address, split_address
+from ogsd.config.safexml import Node, parse_xml
 from ogsd.core.models import Gateway
 from ogsd.core.settings import IMPROVEMENT_PERCENT_RANGE, SUSPEND_TIME_HOURS_RANGE, Choice
 
@@ -73,58 +70,6 @@ class MergedProfiles:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass
-class _Node:
-    """An element, namespace stripped, with the line its start tag is on."""
-
-    tag: str
-    attrib: dict[str, str]
-    line: int
-    parts: list[str] = field(default_factory=list)
-    children: list[_Node] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        # All direct text: `<EnableAutomaticServerSelection>true<Auto.../>` keeps "true"
-        # before its children, and a hand-edited file may put it after them.
-        return "".join(self.parts).strip()
-
-    def all(self, tag: str) -> Iterator[_Node]:
-        return (child for child in self.children if child.tag == tag)
-
-
-class _Builder:
-    """ElementTree parser target building `_Node`s, reading lines from the expat parser."""
-
-    def __init__(self) -> None:
-        self.expat: Any = None
-        self.stack: list[_Node] = []
-        self.root: _Node | None = None
-
-    def start(self, tag: str, attrib: dict[str, str]) -> None:
-        node = _Node(_local(tag), {_local(k): v for k, v in attrib.items()},
-                     self.expat.CurrentLineNumber)
-        if self.stack:
-            self.stack[-1].children.append(node)
-        else:
-            self.root = node
-        self.stack.append(node)
-
-    def end(self, tag: str) -> None:
-        self.stack.pop()
-
-    def data(self, data: str) -> None:
-        if self.stack:
-            self.stack[-1].parts.append(data)
-
-    def close(self) -> _Node | None:
-        return self.root
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
-
-
 class _Reader:
     """Walks one profile's tree, raising ProfileError with file, line and element path."""
 
@@ -136,33 +81,33 @@ class _Reader:
         at = f"line {line}: " if line else ""
         return ProfileError(f"{self.path}: {at}{where}: {problem}")
 
-    def one(self, parent: _Node, tag: str, where: str) -> _Node | None:
+    def one(self, parent: Node, tag: str, where: str) -> Node | None:
         found = list(parent.all(tag))
         if len(found) > 1:
             raise self.error(found[1].line, f"{where}/{tag}",
                              f"appears more than once (first on line {found[0].line})")
         return found[0] if found else None
 
-    def boolean(self, node: _Node, where: str, text: str | None = None) -> bool:
+    def boolean(self, node: Node, where: str, text: str | None = None) -> bool:
         value = (node.text if text is None else text).lower()
         if value not in ("true", "false"):
             raise self.error(node.line, where, f"{value!r} must be true or false")
         return value == "true"
 
-    def integer(self, node: _Node, where: str, bounds: tuple[int, int]) -> int:
+    def integer(self, node: Node, where: str, bounds: tuple[int, int]) -> int:
         lo, hi = bounds
         if not _DIGITS.fullmatch(node.text) or not lo <= int(node.text) <= hi:
             raise self.error(node.line, where,
                              f"{node.text!r} must be a whole number between {lo} and {hi}")
         return int(node.text)
 
-    def address(self, node: _Node, where: str) -> Address:
+    def address(self, node: Node, where: str) -> Address:
         try:
             return split_address(node.text)
         except ValueError as e:
             raise self.error(node.line, where, str(e)) from None
 
-    def host_entry(self, entry: _Node, where: str) -> Gateway:
+    def host_entry(self, entry: Node, where: str) -> Gateway:
         name_node = self.one(entry, "HostName", where)
         address_node = self.one(entry, "HostAddress", where)
         name = name_node.text if name_node else ""
@@ -192,7 +137,7 @@ class _Reader:
             port=port or HTTPS_PORT,
         )
 
-    def addresses(self, entry: _Node, tag: str, where: str) -> tuple[str, ...]:
+    def addresses(self, entry: Node, tag: str, where: str) -> tuple[str, ...]:
         found = self.one(entry, tag, where)
         if found is None:
             return ()
@@ -200,7 +145,7 @@ class _Reader:
         return tuple(dict.fromkeys(self.address(node, f"{where}/{tag}/HostAddress").text
                                    for node in found.all("HostAddress")))
 
-    def profile(self, root: _Node) -> Profile:
+    def profile(self, root: Node) -> Profile:
         if root.tag != ROOT:
             raise self.error(root.line, root.tag, f"root element must be <{ROOT}>")
         automatic = improvement = suspend = None
@@ -257,50 +202,8 @@ def parse_profile_data(origin: Path, data: bytes) -> Profile:
     return reader.profile(_parse_xml(origin, data))
 
 
-class _Refused(Exception):
-    """A construct refused while parsing; the message says which and why."""
-
-
-def _parse_xml(path: Path, data: bytes) -> _Node:
-    """Parse with expat via defusedxml: no DTD, no entity declarations, no external entities."""
-    builder = _Builder()
-    # defusedxml refuses entity declarations (expansion bombs, XXE) and external references;
-    # any other DTD is refused once it ends, so there is nothing a profile can declare.
-    parser = DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True,
-                              forbid_external=True)
-    expat = builder.expat = parser.parser
-    doctype: list[str] = []
-
-    def start_doctype(name: str, *_: object) -> None:
-        doctype.append(name)
-
-    def end_doctype() -> None:
-        raise _Refused(f"<!DOCTYPE {doctype[-1]}>: refused: a profile must not contain a "
-                       "document type declaration (DTD)")
-
-    expat.StartDoctypeDeclHandler = start_doctype
-    expat.EndDoctypeDeclHandler = end_doctype
-    try:
-        parser.feed(data)
-        root: _Node | None = parser.close()
-    except ParseError as e:
-        line, column = e.position
-        problem = str(e).rpartition(": line ")[0] or str(e)
-        raise ProfileError(f"{path}: line {line}, column {column}: XML syntax error: {problem}"
-                           ) from None
-    except _Refused as e:
-        raise ProfileError(f"{path}: line {expat.CurrentLineNumber}: {e}") from None
-    except EntitiesForbidden as e:
-        kind = (f"external entity (XXE) {e.sysid!r}" if e.sysid
-                else "entity declaration (entity expansion, e.g. billion laughs)")
-        raise ProfileError(f"{path}: line {expat.CurrentLineNumber}: <!ENTITY {e.name}>: "
-                           f"refused: a profile must not contain an {kind}") from None
-    except DefusedXmlException as e:
-        raise ProfileError(f"{path}: line {expat.CurrentLineNumber}: refused: "
-                           f"{type(e).__name__}") from None
-    if root is None:  # pragma: no cover - expat reports "no element found" first
-        raise ProfileError(f"{path}: no root element")
-    return root
+def _parse_xml(path: Path, data: bytes) -> Node:
+    return parse_xml(path, data, ProfileError, "a profile")
 
 
 def _expand(paths: Sequence[Path]) -> Iterator[Path]:

@@ -21,6 +21,7 @@ from ogsd.config.model import (
     PORTAL_RETRY_S_RANGE,
     REQUEST_MAX_BYTES_RANGE,
     DaemonConfig,
+    GlobalProtectConfig,
     MetricsConfig,
     NetworkManagerConfig,
 )
@@ -58,6 +59,21 @@ def gateways(root: Table) -> list[Gateway]:
             port=port,
         ))
     return gateways
+
+
+def globalprotect(table: Table, base: Path) -> GlobalProtectConfig | None:
+    """[globalprotect]: a portal and its saved configuration, both or neither."""
+    if not table.data:
+        return None
+    for key in ("portal", "portal_config"):
+        if key not in table.data:
+            raise table.error(key, None, "is required in [globalprotect] (the portal's "
+                              "address, and the file its configuration was saved to)")
+    portal = table.address("portal", table.get("portal", "", str, "the portal's address"))
+    region = table.string("region", None)
+    path = Path(table.get("portal_config", "", str, "a path")).expanduser()
+    return GlobalProtectConfig(portal=portal.text, portal_config=base / path,
+                               region=region.strip() if region else None)
 
 
 def _admin_uids(table: Table) -> tuple[int, ...]:

@@ -17,7 +17,8 @@ from ogsd.config.address import Address, split_address
 from ogsd.config.model import ConfigError
 
 _TABLES: dict[str, tuple[str, ...]] = {
-    "": ("profiles", "ogs", "gateway", "daemon", "dns", "metrics", "networkmanager"),
+    "": ("profiles", "ogs", "gateway", "daemon", "dns", "metrics", "networkmanager",
+         "globalprotect"),
     "ogs": ("enabled", "improvement_percent", "improvement_floor_ms", "suspend_time_hours",
             "cache_lifetime_days", "probe_count", "round_deadline_s", "probe_timeout_s",
             "metric", "proxy", "proxy_url", "pac_url"),
@@ -30,6 +31,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     "dns": ("resolv_conf",),
     "metrics": ("listen", "textfile", "textfile_interval_s"),
     "networkmanager": ("connections", "update_gateway"),
+    "globalprotect": ("portal", "portal_config", "region"),
 }
 _HEADER = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"\s*([\w-]+)\s*[=.]")

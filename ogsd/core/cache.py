@@ -69,7 +69,7 @@ def fit_to_gateways(entry: CacheEntry, gateways: Sequence[Gateway], metric: Metr
     if added := [h for h in hosts if h not in cached]:
         return Fit(None, f"gateways added since it was cached: {', '.join(added)}")
     kept = tuple(r for r in entry.results if r.host in hosts)
-    ranked = rank(kept, metric)
+    ranked = rank(kept, metric, gateways)
     if not ranked.usable:
         return Fit(None, "no gateway left in it with a figure")
     order = failover_order(ranked.hosts[0], ranked.hosts, gateways)

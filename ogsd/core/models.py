@@ -62,6 +62,14 @@ class Gateway:
     load_balancing: tuple[str, ...] = ()  # cluster members: never probed
     primary_protocol: str | None = None
     port: int = 443
+    # Which VPN speaks there: "anyconnect" (AnyConnect/ocserv) or "gp" (GlobalProtect,
+    # from a portal's configuration: ogsd.config.gpportal). It decides the probe's request.
+    protocol: str = "anyconnect"
+    # GlobalProtect priority tier for our region: 1 (Highest) .. 5 (Lowest), lower first;
+    # None: no priority given (after every numbered tier). AnyConnect gateways: None.
+    priority: int | None = None
+    manual_only: bool = False  # GlobalProtect "Manual only": never chosen automatically
+    portal: str | None = None  # the GlobalProtect portal that lists it
 
     @property
     def label(self) -> str:

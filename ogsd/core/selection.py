@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ogsd.core.models import Decision, Gateway, GatewayResult, Location, Metric, Reason, Source
@@ -13,24 +13,46 @@ from ogsd.core.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
-    """Hosts with a usable figure, fastest first; then those the round cut short (they
-    could not win), by their fastest TCP connect; then failed ones in configured order.
+    """Hosts with a usable figure, best tier first and fastest first within a tier; then
+    those the round cut short (they could not win), by their fastest TCP connect; then
+    failed ones in configured order. Manual-only gateways are in none of these: they are
+    never chosen automatically (only shown).
     """
 
     usable: tuple[tuple[str, float], ...]
     unusable: tuple[str, ...]
+    tiers: Mapping[str, float] = field(default_factory=dict)  # host -> tier (inf: none)
+    manual: tuple[str, ...] = ()
 
     @property
     def hosts(self) -> tuple[str, ...]:
         return tuple(h for h, _ in self.usable) + self.unusable
 
+    def tier(self, host: str) -> float:
+        return self.tiers.get(host, math.inf)
 
-def rank(results: Sequence[GatewayResult], metric: Metric) -> Ranked:
-    """Order by the gateway figure (min of its probes); ties keep the configured order."""
+
+def tier_of(gateway: Gateway) -> float:
+    """A GlobalProtect priority as a sort key: lower first, none after every number."""
+    return math.inf if gateway.priority is None else float(gateway.priority)
+
+
+def tier_name(tier: float) -> str:
+    return "no priority" if math.isinf(tier) else f"priority {tier:g}"
+
+
+def rank(results: Sequence[GatewayResult], metric: Metric,
+         gateways: Sequence[Gateway] = ()) -> Ranked:
+    """Order by priority tier (GlobalProtect's; AnyConnect gateways share one), then by
+    the gateway figure (min of its probes); ties keep the configured order."""
+    tiers = {g.host: tier_of(g) for g in gateways}
+    manual = {g.host for g in gateways if g.manual_only}
     usable: list[tuple[str, float]] = []
     cut: list[tuple[str, float]] = []
     failed: list[str] = []
     for result in results:
+        if result.host in manual:
+            continue
         rtt = result.rtt(metric)
         if rtt is not None:
             usable.append((result.host, rtt))
@@ -39,9 +61,15 @@ def rank(results: Sequence[GatewayResult], metric: Metric) -> Ranked:
             cut.append((result.host, math.inf if hint is None else hint))
         else:
             failed.append(result.host)
-    usable.sort(key=lambda pair: pair[1])  # stable: equal figures keep profile order
-    cut.sort(key=lambda pair: pair[1])
-    return Ranked(tuple(usable), tuple(h for h, _ in cut) + tuple(failed))
+
+    def key(pair: tuple[str, float]) -> tuple[float, float]:
+        return tiers.get(pair[0], math.inf), pair[1]
+
+    usable.sort(key=key)  # stable: equal figures keep profile order
+    cut.sort(key=key)
+    failed.sort(key=lambda host: tiers.get(host, math.inf))
+    return Ranked(tuple(usable), tuple(h for h, _ in cut) + tuple(failed), tiers,
+                  tuple(r.host for r in results if r.host in manual))
 
 
 def improvement_met(current_ms: float, best_ms: float, settings: Settings) -> bool:
@@ -104,7 +132,8 @@ def decide_round(
     `apply_threshold`); `last_gateway` is the fallback when nothing answered in time.
     """
     metric = settings.metric
-    ranked = rank(results, metric)
+    ranked = rank(results, metric, gateways)
+    automatic = _automatic(gateways)
 
     def decision(source: Source, reason: Reason, text: str, selected: str | None,
                  order: tuple[str, ...]) -> Decision:
@@ -113,9 +142,9 @@ def decide_round(
                         results=tuple(results))
 
     if not ranked.usable:
-        hosts = tuple(g.host for g in gateways)
+        hosts = tuple(g.host for g in automatic)
         deadline_s = settings.round_deadline.total_seconds()
-        last_gateway = configured(last_gateway, gateways)
+        last_gateway = configured(last_gateway, automatic)
         if last_gateway is not None:
             return decision(
                 Source.FALLBACK, Reason.FALLBACK,
@@ -127,22 +156,50 @@ def decide_round(
                         None, ())
 
     best_host, best_ms = ranked.usable[0]
+    best_tier = ranked.tier(best_host)
     figures = dict(ranked.usable)
     if apply_threshold and current is not None and current != best_host:
         current_ms = figures.get(current)
-        if current_ms is not None and not improvement_met(current_ms, best_ms, settings):
+        # Hysteresis within a tier; a better tier answering is a reason of its own.
+        if (current_ms is not None and ranked.tier(current) == best_tier
+                and not improvement_met(current_ms, best_ms, settings)):
             return decision(
                 Source.PROBES, Reason.THRESHOLD_NOT_MET,
                 f"'{best_host}' ({_fmt(best_ms)}) is not at least "
                 f"{settings.improvement_percent} % and {settings.improvement_floor_ms:g} ms "
                 f"better than current '{current}' ({_fmt(current_ms)}); staying",
                 current, failover_order(current, ranked.hosts, gateways))
-    text = f"fastest by {metric.value} RTT: {_fmt(best_ms)}"
-    if len(ranked.usable) > 1:
-        runner, runner_ms = ranked.usable[1]
-        text += f"; next '{runner}' at {_fmt(runner_ms)}"
+    if not any(g.priority is not None or g.manual_only for g in gateways):
+        text = f"fastest by {metric.value} RTT: {_fmt(best_ms)}"
+        if len(ranked.usable) > 1:
+            runner, runner_ms = ranked.usable[1]
+            text += f"; next '{runner}' at {_fmt(runner_ms)}"
+    else:
+        text = _tiered_text(ranked, best_tier, best_ms, metric, automatic)
     return decision(Source.PROBES, Reason.PROBES, text, best_host,
                     failover_order(best_host, ranked.hosts, gateways))
+
+
+def _automatic(gateways: Sequence[Gateway]) -> tuple[Gateway, ...]:
+    """The gateways ogsd may choose, best tier first (configured order within one)."""
+    return tuple(sorted((g for g in gateways if not g.manual_only), key=tier_of))
+
+
+def _tiered_text(ranked: Ranked, best_tier: float, best_ms: float, metric: Metric,
+                 automatic: Sequence[Gateway]) -> str:
+    """Why this gateway, in GlobalProtect's terms: the best tier answering, its fastest."""
+    above = [g.host for g in automatic if tier_of(g) < best_tier]
+    text = f"fastest of {tier_name(best_tier)} by {metric.value} RTT: {_fmt(best_ms)}"
+    same = [(h, ms) for h, ms in ranked.usable[1:] if ranked.tier(h) == best_tier]
+    if same:
+        text += f"; next '{same[0][0]}' at {_fmt(same[0][1])}"
+    if above:
+        tiers = sorted({ranked.tier(h) for h in above})
+        text = (f"no answer from {' or '.join(tier_name(t) for t in tiers)} "
+                f"({', '.join(above)}); {text}")
+    if ranked.manual:
+        text += f"; manual-only, never chosen: {', '.join(ranked.manual)}"
+    return text
 
 
 def decide_from_cache(
@@ -164,8 +221,9 @@ def decide_skipped(*, location: Location, reason: Reason, text: str, metric: Met
                    gateways: Sequence[Gateway]) -> Decision:
     """No OGS performed (proxy auto-detection, disabled): keep the previous gateway, if
     it is still configured, else take the first configured one (AnyConnect's default)."""
-    hosts = tuple(g.host for g in gateways)
-    first = configured(last_gateway, gateways) or (hosts[0] if hosts else None)
+    automatic = _automatic(gateways)
+    hosts = tuple(g.host for g in automatic)
+    first = configured(last_gateway, automatic) or (hosts[0] if hosts else None)
     order = failover_order(first, hosts, gateways) if first else ()
     return Decision(location=location, source=Source.SKIPPED, reason=reason,
                     reason_text=text, selected=first, order=order, metric=metric,

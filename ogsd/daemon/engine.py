@@ -168,7 +168,7 @@ class Engine:
             elif decision.source is Source.PROBES:
                 # The cache keeps the measured order even when the threshold kept the
                 # user where they are: it answers "what is best here", not "where am I".
-                measured = rank(outcome.results, settings.metric).hosts
+                measured = rank(outcome.results, settings.metric, gateways).hosts
                 cached = entry_from_decision(
                     dataclasses.replace(decision, order=failover_order(
                         measured[0], measured, gateways)),

@@ -48,6 +48,25 @@ def request(host: str, port: int, default_port: int, *, probe: bool = True) -> b
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
+# GlobalProtect: the gateway's prelogin, as openconnect sends it (auth-globalprotect.c):
+# every GP gateway answers it without credentials (200, a <prelogin-response>: its auth
+# method, SAML or not), so it is the one exchange that both measures and identifies one.
+GP_PRELOGIN_PATH = "/ssl-vpn/prelogin.esp?tmp=tmp&clientVer=4100&clientos=Linux"
+GP_USER_AGENT = "PAN GlobalProtect"  # what gateways expect; some answer others with 4xx
+GP_PRELOGIN_BODY = b"cas-support=yes"
+
+
+def gp_prelogin(host: str, port: int, default_port: int) -> bytes:
+    """A GlobalProtect gateway's prelogin POST: no cookie, no credentials."""
+    lines = [f"POST {GP_PRELOGIN_PATH} HTTP/1.1",
+             f"Host: {authority(host, port, default_port)}",
+             f"User-Agent: {GP_USER_AGENT}",
+             "Content-Type: application/x-www-form-urlencoded",
+             f"Content-Length: {len(GP_PRELOGIN_BODY)}",
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + GP_PRELOGIN_BODY
+
+
 async def read_head(stream: ByteStream) -> bytes:
     """Read until the end of the response headers (or EOF after some bytes)."""
     head = b""

@@ -1,5 +1,7 @@
 """One probe, AnyConnect's: connect to port 443, TLS handshake, one minimal HTTPS request,
-read the response head, close.
+read the response head, close. A GlobalProtect gateway gets its prelogin POST instead
+(ogsd.probing.httphead.gp_prelogin) and must answer it 200: an exchange it answers
+without credentials, and one that tells it from a web server that answers anything.
 
 Two figures per probe:
 - network (ranks by default): the kernel's RTT of the TCP handshake, read with TCP_INFO
@@ -33,7 +35,7 @@ from anyio.streams.tls import TLSStream
 from ogsd.config.proxy import Proxy
 from ogsd.core.models import Gateway, ProbeSample
 from ogsd.core.rounds import ProbeState
-from ogsd.probing.httphead import HeadError, parse_head, read_head, request
+from ogsd.probing.httphead import HeadError, gp_prelogin, parse_head, read_head, request
 from ogsd.probing.pacing import Turns
 from ogsd.probing.probesock import (
     describe_error,
@@ -114,8 +116,16 @@ class Prober:
                                                ssl_context=self.tls_context,
                                                standard_compatible=False)
                     phase = "waiting for the response"
-                    await tls.send(request(host, gateway.port, 443))
-                    parse_head(await read_head(tls))
+                    if gateway.protocol == "gp":
+                        await tls.send(gp_prelogin(host, gateway.port, 443))
+                        head = parse_head(await read_head(tls))
+                        if head.status != 200:
+                            raise _ProbeError(
+                                f"GlobalProtect prelogin answered {head.status} "
+                                f"{head.reason}: not a GlobalProtect gateway")
+                    else:
+                        await tls.send(request(host, gateway.port, 443))
+                        parse_head(await read_head(tls))
                     raw = tls.extra(SocketAttribute.raw_socket)  # noqa: S610 (anyio, not Django)
                     tcp_info_ms = smoothed_rtt_ms(raw)
                 finally:

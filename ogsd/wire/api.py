@@ -87,7 +87,8 @@ class Handler(Protocol):
 
     async def gateways(self) -> Json:
         """`gateways`: the configured primaries, {"gateways": [{"host", "name", "port",
-        "user_group", "backups": [str], "load_balancing": [str], "primary_protocol"}]}."""
+        "user_group", "backups": [str], "load_balancing": [str], "primary_protocol",
+        "protocol": "anyconnect"|"gp", "priority": int?, "manual_only": bool, "portal"}]}."""
 
     async def notify_connected(self, *, host: str | None = None, device: str | None = None,
                                nm_uuid: str | None = None) -> Json:
@@ -157,7 +158,9 @@ def gateway_json(gateway: Gateway) -> Json:
     return {"host": gateway.host, "name": gateway.name, "port": gateway.port,
             "user_group": gateway.user_group, "backups": list(gateway.backups),
             "load_balancing": list(gateway.load_balancing),
-            "primary_protocol": gateway.primary_protocol}
+            "primary_protocol": gateway.primary_protocol, "protocol": gateway.protocol,
+            "priority": gateway.priority, "manual_only": gateway.manual_only,
+            "portal": gateway.portal}
 
 
 def cache_entry_json(entry: CacheEntry) -> Json:
