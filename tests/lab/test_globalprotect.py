@@ -18,15 +18,25 @@ One lab for the module (~1 s up); the module runs in ~10 s here.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from ogsd.lab import GatewayMode, GatewaySpec, Lab, LabError, LabSpec
 from ogsd.lab.globalprotect import portal_xml
 from ogsd.lab.spec import PortalEntry, validate
+from tests.daemon_helpers import api_client, short_dir
+from tests.lab.ogsd_helpers import start_lab_daemon
 from tests.lab_fixtures import LabFactory, require_gp
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -45,6 +55,7 @@ ENTRIES = tuple(PortalEntry(host, label, rule) for label, (host, _, _, rule) in 
 # is a floor no busy machine can lower.
 ROUND_TRIPS = 3
 RULES = "priority-rule/entry"
+OGSCTL = str(Path(sys.executable).with_name("ogsctl"))
 # A blackholed gateway's prelogin gives up after this long (a timeout, not a refusal).
 BLACKHOLE_TIMEOUT_S = 1.0
 
@@ -193,3 +204,76 @@ def test_refused_blackholed_and_failing_gateways(lab: Lab) -> None:
     # Back to normal: the refused gateway's server was stopped and is serving again.
     assert lab.gp_prelogin("gw-2.lab.example")["status"] == 200
     assert lab.gp_authenticate(PORTAL, "Osaka").host == "198.19.2.1"
+
+
+def ogsctl(socket: Path, *command: str) -> Any:
+    done = subprocess.run([OGSCTL, "--socket", str(socket), "--json", *command],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def api_call(socket: Path, method: str) -> Any:
+    async with api_client(socket) as client:
+        return await client.result(method, None, within=30)
+
+
+def ogsd_choice(lab: Lab, portal_config: Path) -> tuple[str, dict[str, Any]]:
+    """`ogsd run` in the client namespace on the portal configuration: its first
+    decision's STATUS= line and the chosen gateway as its `gateways` method lists it."""
+    directory = short_dir("ogsd-gp-")
+    config = (
+        '[ogs]\nmetric = "network"\n[daemon]\ncontinuous = false\n'
+        f'[globalprotect]\nportal = "{PORTAL}"\nportal_config = "{portal_config}"\n'
+    )
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        socket, status = start_lab_daemon(stack, lab, directory, config)
+        selected = ogsctl(socket, "status")["selected"]
+        gateways = {g["host"]: g for g in anyio.run(api_call, socket, "gateways")["gateways"]}
+        return status, gateways.get(selected, {})
+
+
+@pytest.fixture
+def saved(lab: Lab, tmp_path: Path) -> Path:
+    """The portal's configuration as an admin saves it."""
+    path = tmp_path / "portal.xml"
+    path.write_text(lab.gp_portal_config(PORTAL))
+    return path
+
+
+def with_modes(lab: Lab, mode: GatewayMode, *hosts: str) -> LabSpec:
+    changed = lab.spec
+    for host in hosts:
+        changed = changed.with_gateway(host, mode=mode)
+    return changed
+
+
+# The first case, gw-2 (60 ms, tier 1) over gw-1 (20 ms, tier 2) and gw-4 (40 ms, manual
+# only), fails on main 72d22ed (ogsd picks gw-1: the round stops early on RTT alone, before
+# any tier-1 answer) and is on branch gp-lab-tier1 until main's rounds know tiers.
+
+
+def test_ogsd_takes_the_next_tier_when_the_best_is_refused(lab: Lab, saved: Path) -> None:
+    lab.set(with_modes(lab, GatewayMode.REFUSE, "gw-2.lab.example", "gw-3.lab.example"))
+    try:
+        status, chosen = ogsd_choice(lab, saved)
+        assert status == "selected gw-1.lab.example (probes)"
+        assert (chosen["protocol"], chosen["priority"], chosen["name"]) == ("gp", 2, "Tokyo")
+        auth = lab.gp_authenticate(PORTAL, chosen["name"])
+        assert auth.returncode == 0, auth.stderr
+        assert auth.values["RESOLVE"] == "gw-1.lab.example:198.19.1.1"
+    finally:
+        lab.set(spec())
+
+
+def test_ogsd_never_picks_the_manual_only_gateway(lab: Lab, saved: Path) -> None:
+    """Only gw-4 (manual only) answers: it is listed, probed or not, never selected."""
+    others = ("gw-1.lab.example", "gw-2.lab.example", "gw-3.lab.example")
+    lab.set(with_modes(lab, GatewayMode.REFUSE, *others))
+    try:
+        status, chosen = ogsd_choice(lab, saved)
+        assert "gw-4" not in status
+        assert chosen.get("host") != "gw-4.lab.example"
+    finally:
+        lab.set(spec())
