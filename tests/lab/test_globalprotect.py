@@ -249,9 +249,21 @@ def with_modes(lab: Lab, mode: GatewayMode, *hosts: str) -> LabSpec:
     return changed
 
 
-# The first case, gw-2 (60 ms, tier 1) over gw-1 (20 ms, tier 2) and gw-4 (40 ms, manual
-# only), fails on main 72d22ed (ogsd picks gw-1: the round stops early on RTT alone, before
-# any tier-1 answer) and is on branch gp-lab-tier1 until main's rounds know tiers.
+# Fails on main 72d22ed: ogsd picks gw-1. A round stops early on RTT alone
+# (probing.standings/core.rounds are not tier-aware): gw-2 and gw-3 (tier 1) are cancelled
+# as "could not beat gw-1.lab.example (20 ms)" (tier 2), then selection sees no tier-1
+# answer ("no answer from priority 1") and takes gw-1.
+def test_ogsd_picks_the_fastest_of_the_best_tier_and_openconnect_reaches_it(
+    lab: Lab, saved: Path
+) -> None:
+    """gw-2 (60 ms, tier 1) beats gw-3 (120 ms, tier 1), gw-1 (20 ms, tier 2) and gw-4
+    (40 ms, manual only); openconnect reaches it by the label ogsd lists for it."""
+    status, chosen = ogsd_choice(lab, saved)
+    assert status == "selected gw-2.lab.example (probes)"
+    assert (chosen["protocol"], chosen["priority"], chosen["name"]) == ("gp", 1, "Osaka")
+    auth = lab.gp_authenticate(PORTAL, chosen["name"])
+    assert auth.returncode == 0, auth.stderr
+    assert auth.values["RESOLVE"] == "gw-2.lab.example:198.19.2.1"
 
 
 def test_ogsd_takes_the_next_tier_when_the_best_is_refused(lab: Lab, saved: Path) -> None:
