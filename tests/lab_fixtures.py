@@ -16,6 +16,7 @@ in it (lab.popen, lab.openconnect) are stopped, its namespaces and files removed
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -59,6 +60,21 @@ def require_vpn() -> None:
     if not missing:
         return
     reason = f"VPN gateways need {', '.join(missing)} (apt-get install {VPN_PACKAGES})"
+    if IN_CI:
+        pytest.fail(f"{reason}, and CI=true forbids skipping")
+    pytest.skip(reason)
+
+
+def require_gp() -> None:
+    """Skip (fail under CI=true) without openconnect or Flask (GlobalProtect gateways run
+    openconnect's fake-gp-server, a Flask app)."""
+    require_root()
+    missing = [OPENCONNECT] if not shutil.which(OPENCONNECT) else []
+    if importlib.util.find_spec("flask") is None:
+        missing.append("Flask (pip install '.[dev]')")
+    if not missing:
+        return
+    reason = f"GlobalProtect gateways need {', '.join(missing)}"
     if IN_CI:
         pytest.fail(f"{reason}, and CI=true forbids skipping")
     pytest.skip(reason)

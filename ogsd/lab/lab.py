@@ -21,7 +21,7 @@ from ogsd.lab import procs, topology
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.control import ControlError, request
 from ogsd.lab.errors import LabError
-from ogsd.lab.labvpn import VpnGateways
+from ogsd.lab.labgp import GlobalProtectGateways
 from ogsd.lab.spec import LabSpec
 from ogsd.lab.topology import Names
 from ogsd.lab.tun import open_tun
@@ -52,6 +52,14 @@ def missing_extra() -> str | None:
     return None
 
 
+def missing_gp(spec: LabSpec) -> str | None:
+    """What to install when `spec` has GlobalProtect gateways and Flask is missing."""
+    if spec.gp_gateways() and importlib.util.find_spec("flask") is None:
+        return ("GlobalProtect gateways (gp: true) run openconnect's fake-gp-server, which "
+                "needs Flask: pip install 'ogsd[dev]' (or pip install flask)")
+    return None
+
+
 def _ip(*args: str, batch: list[str] | None = None) -> None:
     """Run `ip` (with a batch on stdin); LabError with its message on failure."""
     argv = ["ip", *args, *(["-batch", "-"] if batch is not None else [])]
@@ -68,7 +76,7 @@ def _sysctl(netns: str, settings: Sequence[str]) -> None:
         raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
-class Lab(VpnGateways):
+class Lab(GlobalProtectGateways):
     """A running lab. Make one with `Lab.up(spec, name)` or find one with `Lab.attach(name)`."""
 
     uplink = topology.UPLINK  # the client's uplink device ("eth0")
@@ -111,7 +119,7 @@ class Lab(VpnGateways):
     def up(cls, spec: LabSpec, name: str = DEFAULT_NAME) -> Lab:
         """Create namespaces, uplink, TUNs, relay and servers for `spec`; the running lab."""
         spec = lab_spec.validate(spec)
-        if missing := missing_extra():
+        if missing := missing_extra() or missing_gp(spec):
             raise LabError(missing)
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces and TUN devices)")
@@ -252,6 +260,8 @@ class Lab(VpnGateways):
         self._apply(lab_spec.validate(spec or self.spec), roam=True)
 
     def _apply(self, spec: LabSpec, *, roam: bool) -> None:
+        if missing := missing_gp(spec):
+            raise LabError(missing)
         n, old = self.names, self.spec
         moving = roam or (spec.client, spec.uplink) != (old.client, old.uplink)
         added, removed = spec.addresses() - old.addresses(), old.addresses() - spec.addresses()
@@ -413,9 +423,10 @@ class Lab(VpnGateways):
         except ControlError as exc:
             relay = {"error": str(exc)}
         try:
-            vpns = request(str(self.state_dir / "servers.sock"), "status")["vpns"]
+            servers = request(str(self.state_dir / "servers.sock"), "status")
+            vpns, gps = servers["vpns"], servers["gps"]
         except ControlError as exc:
-            vpns = {"error": str(exc)}
+            vpns = gps = {"error": str(exc)}
         try:
             servercert: str | None = self.vpn_servercert
         except LabError:
@@ -426,6 +437,7 @@ class Lab(VpnGateways):
             "processes": processes,
             "relay": relay,
             "vpns": vpns,
+            "gps": gps,
             "resolv_conf": str(self.resolv_conf),
             "uplink": {
                 "device": self.uplink,

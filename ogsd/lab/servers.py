@@ -3,7 +3,8 @@
 Run as `ip netns exec <name>-s python -m ogsd.lab.servers` by `Lab.up`. A `reload` on the
 control socket re-reads the spec and adds or closes listeners to match it (a gateway in
 `refuse` mode has none, so its kernel answers RST), and starts or stops the ocserv of each
-`vpn` gateway. Every listener exists for both of a gateway's addresses (IPv4, IPv6).
+`vpn` gateway and the GlobalProtect server of each `gp` gateway. Every listener exists for
+both of a gateway's addresses (IPv4, IPv6).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ogsd.lab import dnszone
+from ogsd.lab import globalprotect as lab_gp
 from ogsd.lab import ocserv as lab_ocserv
 from ogsd.lab import spec as lab_spec
 from ogsd.lab.spec import GatewayMode, GatewaySpec, LabSpec
@@ -195,6 +197,7 @@ class Servers:
         self.cert_names: tuple[str, ...] | None = None
         self.listeners: dict[tuple[str, str], Closer] = {}
         self.vpns: dict[str, lab_ocserv.Ocserv] = {}
+        self.gps: dict[str, lab_gp.GpServer] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.lock = asyncio.Lock()  # one reload or restart at a time
 
@@ -209,7 +212,7 @@ class Servers:
             addresses = [a for a in (gw.address, gw.address6) if a is not None]
             if gw.mode == GatewayMode.ERROR:
                 wanted |= {("tls-error", a) for a in addresses}
-            elif gw.mode != GatewayMode.REFUSE and not gw.vpn:  # ocserv owns a VPN's 443
+            elif gw.mode != GatewayMode.REFUSE and not (gw.vpn or gw.gp):  # theirs is theirs
                 wanted |= {("tls", a) for a in addresses}
             if gw.http:
                 wanted |= {("http", a) for a in addresses}
@@ -228,6 +231,18 @@ class Servers:
                 wanted[gw.host] = lab_ocserv.Ocserv(gw.host, conf, paths)
         return wanted
 
+    def wanted_gps(self, spec: LabSpec) -> dict[str, lab_gp.GpServer]:
+        """A GlobalProtect server (not started) for every `gp` gateway that should serve."""
+        wanted = {}
+        for gw in spec.gp_gateways():
+            if gw.mode in (GatewayMode.NORMAL, GatewayMode.BLACKHOLE):
+                paths = lab_gp.GpPaths.of(self.state_dir, gw)
+                argv = lab_gp.server_argv(
+                    gw, paths, lab_ocserv.VPN_USER, lab_ocserv.VPN_PASSWORD
+                )
+                wanted[gw.host] = lab_gp.GpServer(gw.host, argv, paths)
+        return wanted
+
     async def reload(self) -> dict[str, Any]:
         """Re-read the spec; open and close listeners, start and stop ocserv to match it."""
         async with self.lock:
@@ -239,12 +254,19 @@ class Servers:
             self.spec, self.zone = spec, dnszone.build_zone(spec)
             wanted = self.wanted_listeners(spec)
             vpns = self.wanted_vpns(spec)
+            gps = self.wanted_gps(spec)
+            for gw in spec.gp_gateways():  # read per request: a changed portal needs no restart
+                if gw.portal:
+                    lab_gp.write_portal(lab_gp.GpPaths.of(self.state_dir, gw), gw)
             # Close and stop first: a mode change moves port 443 from one server to another.
             for key in set(self.listeners) - wanted:
                 await self.listeners.pop(key)()
             for host, vpn in list(self.vpns.items()):
                 if host not in vpns or vpns[host].conf != vpn.conf or not vpn.alive:
                     await self.vpns.pop(host).stop()
+            for host, gp in list(self.gps.items()):
+                if host not in gps or gps[host].argv != gp.argv or not gp.alive:
+                    await self.gps.pop(host).stop()
             for key in sorted(wanted - set(self.listeners)):
                 self.listeners[key] = await self.listen(*key)
             for host, vpn in vpns.items():
@@ -253,7 +275,21 @@ class Servers:
                         lab_ocserv.write_passwd(vpn.paths.passwd)
                     await vpn.start()
                     self.vpns[host] = vpn
-            return {"listeners": len(self.listeners), "vpns": sorted(self.vpns)}
+            starting = {host: gp for host, gp in gps.items() if host not in self.gps}
+            # Side by side: each spends most of its start-up importing Flask.
+            started = await asyncio.gather(
+                *(gp.start() for gp in starting.values()), return_exceptions=True
+            )
+            for (host, gp), error in zip(starting.items(), started, strict=True):
+                if error is None:
+                    self.gps[host] = gp
+            if errors := [e for e in started if isinstance(e, BaseException)]:
+                raise errors[0]
+            return {
+                "listeners": len(self.listeners),
+                "vpns": sorted(self.vpns),
+                "gps": sorted(self.gps),
+            }
 
     async def restart_vpn(self, host: str) -> dict[str, Any]:
         """Stop and start one gateway's ocserv (sessions are lost, as on a real restart)."""
@@ -278,7 +314,15 @@ class Servers:
             }
             for host, vpn in self.vpns.items()
         }
-        return {"vpns": vpns, "listeners": len(self.listeners)}
+        gps = {
+            host: {
+                "pid": gp.proc.pid if gp.proc else None,
+                "alive": gp.alive,
+                "log": str(gp.paths.requests),
+            }
+            for host, gp in self.gps.items()
+        }
+        return {"vpns": vpns, "gps": gps, "listeners": len(self.listeners)}
 
     async def shutdown(self) -> None:
         """Kill every ocserv (they run in their own sessions and would outlive us)."""
@@ -286,6 +330,9 @@ class Servers:
             for vpn in self.vpns.values():
                 await vpn.stop(graceful=False)  # the lab is going down: no one to tell
             self.vpns.clear()
+            for gp in self.gps.values():
+                await gp.stop()
+            self.gps.clear()
 
     async def listen(self, kind: str, address: str) -> Closer:
         """Open one listener; the coroutine function that closes it."""

@@ -28,6 +28,9 @@ CLIENT_ADDRESS6_DEFAULT = "2001:2:0:a::2"
 DNS_ADDRESS_DEFAULT = "198.18.0.53"
 DNS_ADDRESS6 = "2001:2:0:53::53"  # the address docs and tests use for an IPv6 DNS server
 VPN_DOMAIN_DEFAULT = "vpn.lab.example"
+# A GlobalProtect priority: PAN-OS writes 0 ("manual only") .. 5 in portal configurations;
+# anything up to this is accepted so tests can serve odd values too.
+GP_PRIORITY_MAX = 1000
 # NetworkManager's default metric for Ethernet: a full-tunnel VPN's metric-0 default
 # route then sits beside the uplink's instead of replacing it, as on most laptops.
 UPLINK_METRIC_DEFAULT = 100
@@ -72,6 +75,21 @@ class DnsMode(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PortalEntry:
+    """One gateway a GlobalProtect portal lists (`policy/gateways/external/list/entry`).
+
+    `name` is the entry's `name` attribute, the address clients connect to (`host[:port]`,
+    usually a lab gateway's host); `label` its `<description>` (None: no description);
+    `priorities` its `<priority-rule>` entries in order, `(region, priority)`, e.g.
+    `(("JP", 1), ("Any", 2))` (empty: no `<priority-rule>` element).
+    """
+
+    name: str
+    label: str | None = None
+    priorities: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
     """One emulated gateway: a name, an address, a distance and a behaviour."""
 
@@ -91,6 +109,11 @@ class GatewaySpec:
     # The relay drops every packet to or from these ports of the gateway (either family),
     # like a firewall that drops: e.g. (80,), and the port-80 check is never answered.
     blackhole_ports: tuple[int, ...] = ()
+    # A GlobalProtect server on 443 (openconnect's fake-gp-server) instead of the lab's TLS
+    # server: answers prelogin.esp and logs in the lab's user (`gp`); with `portal` entries
+    # it is also a portal whose getconfig.esp lists them.
+    gp: bool = False
+    portal: tuple[PortalEntry, ...] = ()
 
     @property
     def delays_ms(self) -> tuple[float, float]:
@@ -215,6 +238,10 @@ class LabSpec:
         """The gateways that are ocserv instances."""
         return tuple(g for g in self.gateways if g.vpn)
 
+    def gp_gateways(self) -> tuple[GatewaySpec, ...]:
+        """The gateways that are GlobalProtect servers (portals included)."""
+        return tuple(g for g in self.gateways if g.gp)
+
     def to_json(self) -> str:
         """The spec as JSON that `parse` reads back."""
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -328,7 +355,7 @@ def _gateway(raw: Any, where: str) -> GatewaySpec:
     address6 = raw.get("address6")
     if address6 is not None:
         address6 = _lab_address(address6, f"{where}.address6", version=6)
-    return GatewaySpec(
+    gateway = GatewaySpec(
         host=_host(raw["host"], f"{where}.host"),
         address=_lab_address(raw["address"], f"{where}.address"),
         rtt_ms=rtt,
@@ -343,7 +370,14 @@ def _gateway(raw: Any, where: str) -> GatewaySpec:
         tunnel=_enum(TunnelMode, raw.get("tunnel", "full"), f"{where}.tunnel"),
         vpn_network=_vpn_network(raw.get("vpn_network"), f"{where}.vpn_network"),
         blackhole_ports=_ports(raw.get("blackhole_ports", ()), f"{where}.blackhole_ports"),
+        gp=_flag(raw, "gp", where, False),
+        portal=_portal(raw.get("portal", []), f"{where}.portal"),
     )
+    if gateway.gp and gateway.vpn:
+        raise SpecError(f"{where}: gp and vpn are both true (one server owns port 443)")
+    if gateway.portal and not gateway.gp:
+        raise SpecError(f"{where}.portal: only a gp gateway can be a portal (set gp: true)")
+    return gateway
 
 
 def _ports(value: Any, where: str) -> tuple[int, ...]:
@@ -352,6 +386,44 @@ def _ports(value: Any, where: str) -> tuple[int, ...]:
     ):
         raise SpecError(f"{where}: expected a list of port numbers (1..{PORT_MAX}), got {value!r}")
     return tuple(sorted(set(value)))
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _portal_entry(raw: Any, where: str) -> PortalEntry:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected an object")
+    _check_keys(raw, PortalEntry.__dataclass_fields__, where)
+    if "name" not in raw:
+        raise SpecError(f"{where}: missing name")
+    label = raw.get("label")
+    rules = raw.get("priorities", [])
+    if not isinstance(rules, list | tuple):
+        raise SpecError(f"{where}.priorities: expected a list of [region, priority] pairs")
+    priorities = []
+    for i, rule in enumerate(rules):
+        at = f"{where}.priorities[{i}]"
+        if not isinstance(rule, list | tuple) or len(rule) != 2:
+            raise SpecError(f"{at}: expected [region, priority], got {rule!r}")
+        region = _text(rule[0], at)
+        priority = _integer({"priority": rule[1]}, "priority", at, default=0, lo=0,
+                            hi=GP_PRIORITY_MAX)
+        priorities.append((region, priority))
+    return PortalEntry(
+        name=_text(raw["name"], f"{where}.name"),
+        label=None if label is None else _text(label, f"{where}.label"),
+        priorities=tuple(priorities),
+    )
+
+
+def _portal(raw: Any, where: str) -> tuple[PortalEntry, ...]:
+    if not isinstance(raw, list | tuple):
+        raise SpecError(f"{where}: expected a list of entries")
+    return tuple(_portal_entry(e, f"{where}[{i}]") for i, e in enumerate(raw))
 
 
 def _dns(raw: Any) -> DnsSpec:

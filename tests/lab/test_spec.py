@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from ogsd.lab.spec import DnsMode, GatewayMode, LabSpec, SpecError, TunnelMode, load, parse
+from ogsd.lab.globalprotect import portal_xml
+from ogsd.lab.spec import (
+    DnsMode,
+    GatewayMode,
+    GatewaySpec,
+    LabSpec,
+    PortalEntry,
+    SpecError,
+    TunnelMode,
+    load,
+    parse,
+    validate,
+)
 
 GOOD = {
     "domain": "corp.lab.example",
@@ -114,6 +126,20 @@ def _gw(**fields: object) -> dict[str, object]:
             "appears twice",
         ),
         ({"seed": "x"}, "seed: expected an integer"),
+        (_gw(gp=True, vpn=True), r"gateways\[0\]: gp and vpn are both true"),
+        (_gw(portal=[{"name": "gw-1.lab.example"}]), r"gateways\[0\].portal: only a gp gateway"),
+        (_gw(gp=True, portal={"name": "x"}), r"portal: expected a list of entries"),
+        (_gw(gp=True, portal=[{"label": "x"}]), r"portal\[0\]: missing name"),
+        (_gw(gp=True, portal=[{"name": ""}]), r"portal\[0\].name: expected a non-empty string"),
+        (_gw(gp=True, portal=[{"name": "a", "weight": 1}]), r"unknown field\(s\) weight"),
+        (
+            _gw(gp=True, portal=[{"name": "a", "priorities": [["Any"]]}]),
+            r"portal\[0\].priorities\[0\]: expected \[region, priority\]",
+        ),
+        (
+            _gw(gp=True, portal=[{"name": "a", "priorities": [["Any", -1]]}]),
+            r"priorities\[0\].priority: -1 is outside 0..1000",
+        ),
     ],
 )
 def test_bad_specs_name_the_problem(raw: object, message: str) -> None:
@@ -166,3 +192,28 @@ def test_simple_with_ipv6_and_the_error_mode() -> None:
     spec = LabSpec.simple([10, 20], ipv6=True, mode="error")
     assert [g.address6 for g in spec.gateways] == ["2001:2:0:1::1", "2001:2:0:2::1"]
     assert {g.mode for g in spec.gateways} == {GatewayMode.ERROR}
+
+
+def test_a_gp_portal_round_trips_and_renders_its_entries_in_order() -> None:
+    portal = GatewaySpec(
+        "portal.lab.example",
+        "198.19.9.1",
+        gp=True,
+        portal=(
+            PortalEntry("gw-2.lab.example:4443", "Osaka & <Kobe>", (("JP", 1), ("Any", 3))),
+            PortalEntry("gw-1.lab.example", None, ()),
+        ),
+    )
+    spec = validate(LabSpec(gateways=(portal, GatewaySpec("gw-1.lab.example", "198.19.1.1"))))
+    assert parse(spec.to_json()) == spec
+    assert spec.gp_gateways() == (spec.gateway("portal.lab.example"),)
+    xml = portal_xml(spec.gateway("portal.lab.example").portal, portal_name="p")
+    entries = xml.split("<list>")[1].split("</list>")[0]
+    assert entries.index('name="gw-2.lab.example:4443"') < entries.index('name="gw-1.lab.example"')
+    assert "<description>Osaka &amp; &lt;Kobe&gt;</description>" in entries
+    assert (
+        '<entry name="JP"><priority>1</priority></entry>\n'
+        '            <entry name="Any"><priority>3</priority></entry>'
+    ) in entries
+    # No description and no rules: neither element (openconnect shows such a label as null).
+    assert entries.split('name="gw-1.lab.example">')[1].split("</entry>")[0].strip() == ""
