@@ -47,6 +47,7 @@ from ogsd.wire.api import (
     UNKNOWN_METHOD,
     ApiError,
     Json,
+    PortalGatewayParams,
     cache_entry_json,
     decision_json,
     selection_json,
@@ -162,6 +163,11 @@ class CannedHandler:
     async def nm_apply(self, *, name: str | None = None) -> Json:
         self._record("nm_apply", connection=name)
         return {"connections": []}
+
+    async def notify_portal(self, *, portal: str,
+                            gateways: tuple[PortalGatewayParams, ...]) -> Json:
+        self._record("notify_portal", portal=portal, gateways=len(gateways))
+        return {"learnt": True, "message": f"learnt {len(gateways)} gateways of {portal}"}
 
     async def notify_disconnected(self, *, device: str | None = None) -> Json:
         self._record("notify_disconnected", **({"device": device} if device else {}))
@@ -377,8 +383,11 @@ async def test_unprivileged_peer_reads_but_cannot_write(shared_dir: Path) -> Non
     handler = CannedHandler()
     path = shared_dir / "api.sock"
     requests: list[Json] = [{"id": 1, "method": "status"}, {"id": 2, "method": "cache.list"}]
-    requests += [{"id": 10 + i, "method": name, "params": {"host": "vpn-osaka.example.com"}
-                  if name == "notify.connected" else {}} for i, name in enumerate(WRITE_METHODS)]
+    valid: dict[str, Json] = {
+        "notify.connected": {"host": "vpn-osaka.example.com"},
+        "notify.portal": {"portal": "vpn.example.com", "gateways": [{"address": "gw-1"}]}}
+    requests += [{"id": 10 + i, "method": name, "params": valid.get(name, {})}
+                 for i, name in enumerate(WRITE_METHODS)]
     async with serving(handler, path, socket_group="nogroup"):
         replies = await anyio.to_thread.run_sync(requests_as, NOBODY, NOBODY, path, requests)
     assert replies[0]["result"]["selected"] == "vpn-tokyo.example.com"
