@@ -49,6 +49,20 @@ def fetch_plan(socket_path: str, *, read_only_ok: bool, protocol: str | None = N
     the portal ogsd read them from."""
     conn = Connection(socket_path, WAIT_TIMEOUT_S)
     try:
+        listed = conn.request("gateways")
+        gateways = listed.get("gateways") or []
+        known = tuple(g for g in gateways if isinstance(g, dict) and g.get("host"))
+        portal = portal or (str(listed["portal"]) if listed.get("portal") else None)
+        if protocol == "gp" and portal is not None and not known:
+            # No gateway known yet: openconnect logs into the portal and chooses (or
+            # asks); the list it prints goes to ogsd, which chooses from the next connect.
+            address = split_address(portal)
+            first = Attempt(address.host, address.port or HTTPS_PORT, portal, None,
+                            "the portal's own choice: ogsd learns its gateways now",
+                            portal=portal)
+            return Plan({"selected": None, "source": None,
+                         "reason": "no gateway of the portal known yet"}, (first,), (),
+                        "portal")
         rules, note = "connect", None
         try:
             decision = conn.request("evaluate", {"wait": True, "connect": True})
@@ -57,21 +71,9 @@ def fetch_plan(socket_path: str, *, read_only_ok: bool, protocol: str | None = N
                 raise
             rules, note = "selection", FALLBACK_NOTE
             decision = conn.request("selection")
-        listed = conn.request("gateways")
-        gateways = listed.get("gateways") or []
     finally:
         conn.close()
     order = [str(h) for h in decision.get("order") or []]
-    known = tuple(g for g in gateways if isinstance(g, dict) and g.get("host"))
-    portal = portal or (str(listed["portal"]) if listed.get("portal") else None)
-    if not order and protocol == "gp" and portal is not None and not known:
-        # No gateway known yet: openconnect logs into the portal and chooses (or asks);
-        # the list it prints is reported to ogsd, which chooses from the next connect on.
-        address = split_address(portal)
-        first = Attempt(address.host, address.port or HTTPS_PORT, portal, None,
-                        "the portal's own choice: ogsd learns its gateways now",
-                        portal=portal)
-        return Plan(decision, (first,), (), rules, note)
     if not order:
         raise CtlError(EXIT_ERROR, "ogsd has no gateway to connect to: "
                        + str(decision.get("reason") or "no decision"))

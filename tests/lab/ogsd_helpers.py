@@ -135,10 +135,12 @@ def http_responder(netns: str, address: str, response: str, port: int = 80) -> I
 
 
 def start_lab_daemon(stack: ExitStack, lab: Lab, directory: Path, config: str,
-                     env: dict[str, str] | None = None) -> tuple[Path, str]:
+                     env: dict[str, str] | None = None, *,
+                     wait_decision: bool = True) -> tuple[Path, str]:
     """`ogsd run` with `config` in the lab's client namespace, stopped with `stack`; once
-    READY and its first decision published: the socket (a file, reachable from here)
-    and that decision's STATUS= line."""
+    READY and its first decision published (unless not `wait_decision`: a daemon that
+    waits for gateways publishes none): the socket (a file, reachable from here) and
+    that decision's STATUS= line ("" when not waited for)."""
 
     path = directory / "ogsd.toml"
     path.write_text(config)
@@ -151,4 +153,4 @@ def start_lab_daemon(stack: ExitStack, lab: Lab, directory: Path, config: str,
         prefix=["ip", "netns", "exec", lab.client_ns])
     stack.callback(daemon.stop)
     notify.expect("READY=1", START_WAIT)
-    return daemon.socket_path, notify.expect_status()
+    return daemon.socket_path, notify.expect_status() if wait_decision else ""

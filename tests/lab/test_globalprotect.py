@@ -25,7 +25,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +249,8 @@ def with_modes(lab: Lab, mode: GatewayMode, *hosts: str) -> LabSpec:
     return changed
 
 
-# Fails on main 72d22ed: ogsd picks gw-1. A round stops early on RTT alone
-# (probing.standings/core.rounds are not tier-aware): gw-2 and gw-3 (tier 1) are cancelled
-# as "could not beat gw-1.lab.example (20 ms)" (tier 2), then selection sees no tier-1
-# answer ("no answer from priority 1") and takes gw-1.
+# Found failing when rounds stopped early on RTT alone (gw-2 and gw-3 cancelled as "could
+# not beat gw-1.lab.example (20 ms)"): a round now waits for a better tier's probes.
 def test_ogsd_picks_the_fastest_of_the_best_tier_and_openconnect_reaches_it(
     lab: Lab, saved: Path
 ) -> None:
@@ -289,3 +287,80 @@ def test_ogsd_never_picks_the_manual_only_gateway(lab: Lab, saved: Path) -> None
         assert chosen.get("host") != "gw-4.lab.example"
     finally:
         lab.set(spec())
+
+
+# --- ogsctl connect --protocol gp: through the portal to ogsd's choice --------------------
+
+
+@contextmanager
+def lab_daemon(lab: Lab, portal_config: Path | None) -> Iterator[Path]:
+    """`ogsd run` in the client namespace on the portal (and its saved configuration, if
+    given); its socket."""
+    directory = short_dir("ogsd-gpc-")
+    saved = f'portal_config = "{portal_config}"\n' if portal_config is not None else ""
+    config = ('[ogs]\nmetric = "network"\n[daemon]\ncontinuous = false\n'
+              f'[globalprotect]\nportal = "{PORTAL}"\n{saved}')
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        socket, _ = start_lab_daemon(stack, lab, directory, config,
+                                     wait_decision=portal_config is not None)
+        yield socket
+
+
+def connect(lab: Lab, socket: Path, *extra: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    """`ogsctl connect --protocol gp PORTAL -- --authenticate ...` as root in the client
+    namespace: openconnect stops after the gateway login and prints where it went."""
+    return lab.exec([OGSCTL, "--socket", str(socket), "connect", "--protocol", "gp", *extra,
+                     PORTAL, "--", "--authenticate", "--user", lab.vpn_user,
+                     "--passwd-on-stdin", "--servercert", lab.vpn_servercert],
+                    input=stdin, timeout=120)
+
+
+def host_line(done: subprocess.CompletedProcess[str]) -> str:
+    return next((line for line in done.stdout.splitlines() if line.startswith("HOST=")), "")
+
+
+def test_ogsctl_connect_logs_into_the_portal_and_lands_on_ogsds_choice(
+        lab: Lab, saved: Path) -> None:
+    with lab_daemon(lab, saved) as socket:
+        done = connect(lab, socket, stdin=f"{lab.vpn_password}\n")
+        assert done.returncode == 0, done.stderr
+        assert host_line(done) == "HOST='198.19.2.1'", done.stdout  # gw-2, Osaka, tier 1
+        assert "ogsctl: trying gw-2.lab.example (1/3, optimal server)" in done.stderr
+        assert "--protocol=gp" in done.stderr
+        assert "--authgroup=Osaka" in done.stderr
+
+
+def test_ogsctl_connect_fails_over_to_the_next_gateway_of_the_order(
+        lab: Lab, saved: Path) -> None:
+    with lab_daemon(lab, saved) as socket:
+        decided = ogsctl(socket, "order")["order"]
+        assert decided[:2] == ["gw-2.lab.example", "gw-3.lab.example"]
+        # ogsd decided; then Osaka's gateway goes down: the connect-time rules serve the
+        # cached order, the pre-check leaves gw-2, openconnect logs in to gw-3 (Nagoya).
+        lab.set(with_modes(lab, GatewayMode.REFUSE, "gw-2.lab.example"))
+        try:
+            done = connect(lab, socket, stdin=f"{lab.vpn_password}\n")
+        finally:
+            lab.set(spec())
+        assert done.returncode == 0, done.stderr
+        assert "ogsctl: left gw-2.lab.example: TCP connect to gw-2.lab.example:443" in done.stderr
+        assert host_line(done) == "HOST='198.19.3.1'", done.stdout
+
+
+def test_without_a_saved_configuration_the_first_connect_teaches_ogsd_the_gateways(
+        lab: Lab) -> None:
+    with lab_daemon(lab, None) as socket:
+        assert ogsctl(socket, "status")["waiting"].startswith(
+            f"no gateways yet for GlobalProtect portal {PORTAL}")
+        # The first connect: openconnect asks which gateway (answered on stdin here).
+        first = connect(lab, socket, stdin=f"{lab.vpn_password}\nNagoya\n")
+        assert first.returncode == 0, first.stderr
+        assert host_line(first) == "HOST='198.19.3.1'"
+        assert (f"ogsctl: ogsd learnt the 4 gateways {PORTAL} lists; it chooses among them "
+                "from the next connect on") in first.stderr
+        # openconnect 9.01 lists no priorities: one tier, the nearest answering wins.
+        second = connect(lab, socket, stdin=f"{lab.vpn_password}\n")
+        assert second.returncode == 0, second.stderr
+        assert host_line(second) == "HOST='198.19.1.1'", second.stderr  # Tokyo, 20 ms
+        assert "--authgroup=Tokyo" in second.stderr
