@@ -24,8 +24,10 @@ SOURCES = ("pyproject.toml", "README.md", "LICENSE", "ogsd")
 LAB_COMMANDS = ("up", "set", "roam", "status", "down", "demo", "selftest")  # docs/lab.md
 PIP_TIMEOUT_S = 300  # a cold wheel cache downloads the dependencies
 RUN_TIMEOUT_S = 60
-# Modules that are programs (they run on import), or need the lab extra.
-NOT_IMPORTED = ("ogsd.__main__", "ogsd.lab.__main__", "ogsd.lab.servers")
+# Modules that are programs (they run on import), or need the lab extra (servers) or Flask
+# from the dev extra (fake_gp_server, openconnect's GlobalProtect test server: a script).
+NOT_IMPORTED = ("ogsd.__main__", "ogsd.lab.__main__", "ogsd.lab.servers",
+                "ogsd.lab.fake_gp_server")
 
 IMPORT_ALL = f"""
 import importlib, pkgutil, ogsd

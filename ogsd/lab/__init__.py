@@ -2,7 +2,9 @@
 
 `Lab.up(spec, name)` builds a client, a router and a server namespace; the client's
 Ethernet uplink reaches the gateways through the router and a delaying relay. Gateways
-may be real VPN gateways (ocserv), reached with `lab.openconnect(host)`. See docs/lab.md.
+may be real VPN gateways (ocserv), reached with `lab.openconnect(host)`, or GlobalProtect
+gateways and portals (`gp`, `portal`), reached with `lab.gp_authenticate(portal, label)`.
+See docs/lab.md.
 """
 
 from ogsd.lab.errors import LabError
@@ -13,6 +15,7 @@ from ogsd.lab.spec import (
     GatewayMode,
     GatewaySpec,
     LabSpec,
+    PortalEntry,
     SpecError,
     TunnelMode,
     UplinkSpec,
@@ -28,6 +31,7 @@ __all__ = [
     "Lab",
     "LabError",
     "LabSpec",
+    "PortalEntry",
     "SpecError",
     "TunnelMode",
     "UplinkSpec",
