@@ -38,7 +38,8 @@ from ogsd.wire.api import (
     decode_request,
     request_error,
     request_id,
-    resolve_request,
+    request_params,
+    resolve_method,
 )
 
 # The wire names ogsd.daemon.daemon reaches as `api.ApiError` & co are exported for it;
@@ -266,7 +267,7 @@ class ApiServer:
             try:
                 request = decode_request(line)
                 req_id = request_id(request)
-                name, method, params = resolve_request(request)
+                name, method = resolve_method(request)
             except ApiError as exc:
                 await self._send(stream, request_error(req_id, exc.code, exc.message))
                 continue
@@ -281,6 +282,11 @@ class ApiServer:
                         f"forbidden: '{name}' needs admin rights; uid {peer.uid} is not an "
                         "admin (root, the daemon's user, admin_uids or admin_group)"))
                     continue
+            try:
+                params = request_params(request, name, method)
+            except ApiError as exc:
+                await self._send(stream, request_error(req_id, exc.code, exc.message))
+                continue
             if name == "watch":
                 await self._watch(stream, reader, req_id)
                 return

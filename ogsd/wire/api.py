@@ -372,17 +372,23 @@ def request_id(request: Json) -> Any:
     raise ApiError(INVALID_REQUEST, "invalid request: 'id' must be a string, a number or null")
 
 
-def resolve_request(request: Json) -> tuple[str, Method, Json]:
-    """(method name, method, validated params), or ApiError."""
+def resolve_method(request: Json) -> tuple[str, Method]:
+    """(method name, method), or ApiError: what the server checks rights on before it
+    reads the params (a peer without rights learns nothing about them)."""
     name = request.get("method")
     if not isinstance(name, str):
         raise ApiError(INVALID_REQUEST, "invalid request: 'method' must be a string")
     method = METHODS.get(name)
     if method is None:
         raise ApiError(UNKNOWN_METHOD, f"unknown method '{_printable(name)}'")
+    return name, method
+
+
+def request_params(request: Json, name: str, method: Method) -> Json:
+    """The request's validated params for `method`, or ApiError(BAD_PARAMS)."""
     params = request.get("params", {})
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise ApiError(BAD_PARAMS, f"{name}: 'params' must be an object")
-    return name, method, _params(name, method, params)
+    return _params(name, method, params)

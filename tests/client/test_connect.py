@@ -97,8 +97,8 @@ def test_dry_run_prints_the_order_and_the_command_lines(daemon: Daemon) -> None:
     lines = done.stdout.splitlines()
     assert lines == [line.format(rules="connect-time rules")
                      for line in expected_plan("/opt/oc", "-u", "alice")]
-    assert daemon.handler.calls == [("evaluate", {"wait": True, "connect": True}),
-                                    ("gateways", {})]
+    assert daemon.handler.calls == [("gateways", {}),
+                                    ("evaluate", {"wait": True, "connect": True})]
 
 
 def test_dry_run_json_is_a_document(daemon: Daemon) -> None:
@@ -134,7 +134,7 @@ def test_dry_run_without_admin_rights_shows_the_current_selection(
     assert ours == [line.format(rules="current selection")
                     for line in expected_plan("/opt/oc", "-u", "alice")]
     # evaluate was refused by the server before the handler saw it.
-    assert [name for name, _ in daemon.handler.calls] == ["selection", "gateways"]
+    assert [name for name, _ in daemon.handler.calls] == ["gateways", "selection"]
 
 
 @pytest.mark.root  # setresuid

@@ -174,7 +174,8 @@ def test_the_portal_configuration_gives_the_gateways(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('profiles = []\n[globalprotect]\nportal = "vpn.example.com"\n',
-     "[globalprotect] portal_config: is required"),
+     "no gateways yet for portal vpn.example.com: save its configuration ([globalprotect] "
+     "portal_config), or connect once with `ogsctl connect --protocol gp`"),
     (GP_TOML.replace('portal = "vpn.example.com"\n', ""), "[globalprotect] portal: is required"),
     (GP_TOML + 'region = " "\n', '[globalprotect] region = " ": must not be empty'),
     (GP_TOML + '[[gateway]]\nhost = "a.example.com"\n',
