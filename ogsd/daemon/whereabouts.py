@@ -18,7 +18,7 @@ import anyio
 import structlog
 
 from ogsd.core.models import DaemonState, Location
-from ogsd.core.uplink import detect_tunnel, tunnel_gone
+from ogsd.core.uplink import Tunnel, detect_tunnel, tunnel_gone
 from ogsd.sensing.netstate import NetState, View
 from ogsd.sensing.netwatch import NetWatcher
 from ogsd.sensing.routes import NetSnapshot
@@ -111,10 +111,17 @@ class Whereabouts:
         The state, and the snapshot the view is to be built on.
         """
         if state.connected is None:
-            found = detect_tunnel(snap.tunnels, snap.defaults, snap.host_routes,
-                                  self._gateways_by_address())
+            found = self._detect(snap)
+            if found is not None:
+                # As for an end: only a dump read now may start a connection. A watcher's
+                # snapshot from before a tunnel went (openconnect killed, its end reported
+                # since) would bring the dead tunnel back.
+                snap = await self._dump(watched)
+                found = self._detect(snap)
             if found is None:
                 return state, snap
+            if (now := self.persister.known()).connected is not None:
+                return now, snap  # a client reported one meanwhile: its word stands
             log.info("VPN connection detected from routes", host=found.host,
                      device=found.device, address=found.address)
             return await self.connected(found.host, device=found.device,
@@ -133,6 +140,10 @@ class Whereabouts:
             return state, snap
         log.info("VPN connection gone", host=state.connected, why=why)
         return await self.disconnected(state), snap
+
+    def _detect(self, snap: NetSnapshot) -> Tunnel | None:
+        return detect_tunnel(snap.tunnels, snap.defaults, snap.host_routes,
+                             self._gateways_by_address())
 
     @staticmethod
     def _gone(state: DaemonState, snap: NetSnapshot) -> str | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ogsd.core.uplink import DefaultRoute, HostRoute
 from ogsd.daemon.whereabouts import Whereabouts
 from ogsd.sensing.location import Sources
 from ogsd.sensing.netstate import NetState
@@ -51,6 +52,17 @@ def tun0(netns: str) -> str:
     return netns
 
 
+# What vpnc-script leaves while a full tunnel to gw-1 is up: the default route through
+# tun0, a host route to the gateway through the uplink.
+GW1 = "198.19.1.1"
+TUNNEL_UP = NetSnapshot(
+    default_v4=True, default_v6=False, tunnels=("tun0",),
+    host_routes=(HostRoute(GW1, "eth0", "198.18.0.1"),),
+    defaults=(DefaultRoute(4, "tun0", None, 0, tunnel=True),
+              DefaultRoute(4, "eth0", "198.18.0.1", 65000, tunnel=False)),
+    links=(("lo", 1), ("eth0", 2), ("tun0", 3)))
+
+
 @pytest.fixture
 async def where(netns: str, tmp_path: Path) -> AsyncIterator[Whereabouts]:
     resolv = tmp_path / "resolv.conf"
@@ -58,7 +70,8 @@ async def where(netns: str, tmp_path: Path) -> AsyncIterator[Whereabouts]:
     store = Store.open(tmp_path / "ogsd.db")
     try:
         yield Whereabouts(NetState(Sources(resolv, vpnc_dir=tmp_path), netns=netns),
-                          Persister(store), clock=Clock(), gateways_by_address=dict)
+                          Persister(store), clock=Clock(),
+                          gateways_by_address=lambda: {GW1: NEAREST})
     finally:
         store.close()
 
@@ -92,3 +105,12 @@ async def test_an_end_seen_on_an_old_state_spares_the_session_reported_since(
     assert (state.connected, state.connected_device) == (NEAREST, "tun0")
     await where.disconnected(state)  # its own end is recorded
     assert (await where.persister.state()).connected is None
+
+
+async def test_a_snapshot_from_before_the_tunnel_went_does_not_bring_it_back(
+        where: Whereabouts) -> None:
+    # openconnect killed, its end reported (no tun0 in the namespace now); a watcher's
+    # change from while the tunnel was up is looked at after that.
+    await where.observe(TUNNEL_UP)
+    state = await where.persister.state()
+    assert (state.connected, state.connected_by) == (None, None)
