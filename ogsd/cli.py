@@ -129,6 +129,33 @@ def open_store(directory: Path) -> Store:
         raise BadInput(f"state database in {directory}: {exc}") from None
 
 
+def _learnt_portal(args: argparse.Namespace) -> Config | None:
+    """The configuration with the gateways the daemon learnt for its GlobalProtect portal
+    (from openconnect's list: ogsd.config.gpportal.with_learned), or None."""
+    from contextlib import closing
+
+    from ogsd.config.gpportal import with_learned
+    from ogsd.config.load import load_config
+    from ogsd.config.model import ConfigError
+    from ogsd.config.paths import DB_NAME
+    from ogsd.store.files import StoreError
+
+    try:
+        config = load_config(config_path(args.config, args.profile), args.profile,
+                             require_gateways=False)
+    except ConfigError:
+        return None
+    directory = state_dir(args.state_dir)
+    if config.globalprotect is None or not (directory / DB_NAME).exists():
+        return None
+    try:
+        with closing(open_store(directory)) as store:
+            learnt = with_learned(config, store.load_state())
+    except (BadInput, StoreError):
+        return None
+    return learnt if learnt.gateways else None
+
+
 def _store_event(event: str, fields: dict[str, object]) -> None:
     import structlog
 
@@ -150,7 +177,13 @@ def _evaluate(args: argparse.Namespace, clock: Clock) -> int:
     from ogsd.store.files import StoreError
     from ogsd.wire.shapes import decision_to_dict
 
-    config = load(args.config, args.profile)
+    try:
+        config = load(args.config, args.profile)
+    except BadInput:
+        learnt = _learnt_portal(args)  # the gateways a daemon learnt stand in for a file's
+        if learnt is None:
+            raise
+        config = learnt
     try:
         resolver = resolver_for(config.resolv_conf)
     except DnsConfigError as exc:

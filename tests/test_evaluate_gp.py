@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
 
 from ogsd.cli import main
+from ogsd.core.models import PortalGateway
+from ogsd.store.store import Store
 from tests.config.test_gpportal import config, entry
 from tests.tlsserver import LoopbackServer, refused_port
 
@@ -97,3 +99,26 @@ def test_the_next_tier_when_every_gateway_of_the_best_is_down(
     assert decision["reason"].startswith(
         "no answer from priority 1 (127.0.0.3, 127.0.0.4); fastest of priority 2")
     assert "127.0.0.5" not in decision["order"]
+
+
+def test_the_gateways_a_daemon_learnt_serve_a_one_shot_evaluate(
+        tmp_path: Path, gateways: dict[str, LoopbackServer],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Only `portal` in ogsd.toml: the list openconnect gave the daemon (in its state) is
+    what `ogsd evaluate` probes; without one, the usual error says what to configure."""
+    setup(tmp_path, gateways)
+    config = tmp_path / "ogsd.toml"
+    config.write_text(config.read_text().replace('portal_config = "portal.xml"\n', ""))
+    code = main(["-q", "evaluate", "--config", str(config), "--state-dir",
+                 str(tmp_path / "state")])
+    assert code == 2
+    assert "no gateways yet for portal portal.example.com" in capsys.readouterr().err
+    with closing(Store.open(tmp_path / "state" / "ogsd.db")) as store:
+        store.update_state(learned_portal="portal.example.com", learned_gateways=tuple(
+            PortalGateway(f"{host}:{server.port}", host) for host, server in gateways.items()
+            if host != "127.0.0.5"))
+    code, out = evaluate(tmp_path, capsys, "--json")
+    decision = json.loads(out)
+    assert code == 0
+    assert decision["selected"] == "127.0.0.2"  # one tier (no priorities): the fastest
+    assert set(decision["order"]) == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
