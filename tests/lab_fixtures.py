@@ -71,7 +71,7 @@ def require_gp() -> None:
     require_root()
     missing = [OPENCONNECT] if not shutil.which(OPENCONNECT) else []
     if importlib.util.find_spec("flask") is None:
-        missing.append("Flask (pip install '.[dev]')")
+        missing.append("Flask (pip install '.[lab]')")
     if not missing:
         return
     reason = f"GlobalProtect gateways need {', '.join(missing)}"

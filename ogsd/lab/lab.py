@@ -56,7 +56,7 @@ def missing_gp(spec: LabSpec) -> str | None:
     """What to install when `spec` has GlobalProtect gateways and Flask is missing."""
     if spec.gp_gateways() and importlib.util.find_spec("flask") is None:
         return ("GlobalProtect gateways (gp: true) run openconnect's fake-gp-server, which "
-                "needs Flask: pip install 'ogsd[dev]' (or pip install flask)")
+                "needs Flask: pip install 'ogsd[lab]'")
     return None
 
 
