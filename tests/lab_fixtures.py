@@ -22,6 +22,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 
@@ -42,14 +43,18 @@ def lab_name() -> str:
     return NAME_PREFIX + secrets.token_hex(3)
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for `reason`; under CI=true, fail it (nothing may be skipped there)."""
+    if IN_CI:
+        pytest.fail(f"{reason}, and CI=true forbids skipping")
+    pytest.skip(reason)
+
+
 def require_root() -> None:
     """Skip (fail under CI=true) when the lab cannot run here."""
     if os.geteuid() == 0:
         return
-    reason = "the lab needs root (network namespaces, TUN devices)"
-    if IN_CI:
-        pytest.fail(f"{reason}, and CI=true forbids skipping")
-    pytest.skip(reason)
+    unavailable("the lab needs root (network namespaces, TUN devices)")
 
 
 def require_vpn() -> None:
@@ -59,10 +64,7 @@ def require_vpn() -> None:
     missing = [p for p in programs if not shutil.which(p)]
     if not missing:
         return
-    reason = f"VPN gateways need {', '.join(missing)} (apt-get install {VPN_PACKAGES})"
-    if IN_CI:
-        pytest.fail(f"{reason}, and CI=true forbids skipping")
-    pytest.skip(reason)
+    unavailable(f"VPN gateways need {', '.join(missing)} (apt-get install {VPN_PACKAGES})")
 
 
 def require_gp() -> None:
@@ -74,10 +76,7 @@ def require_gp() -> None:
         missing.append("Flask (pip install '.[lab]')")
     if not missing:
         return
-    reason = f"GlobalProtect gateways need {', '.join(missing)}"
-    if IN_CI:
-        pytest.fail(f"{reason}, and CI=true forbids skipping")
-    pytest.skip(reason)
+    unavailable(f"GlobalProtect gateways need {', '.join(missing)}")
 
 
 @contextmanager

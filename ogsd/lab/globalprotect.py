@@ -21,7 +21,6 @@ import http.client
 import json
 import signal
 import ssl
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -149,20 +148,10 @@ class GpServer:
     async def start(self) -> None:
         """Start the server; return once every address is bound, GpServerError if not."""
         self.paths.directory.mkdir(mode=0o755, exist_ok=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._drain = asyncio.create_task(self._copy_output(ready))
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                started = await ready
-        except TimeoutError:
-            started = False
+        self.proc = await procs.spawn(self.argv)
+        self._drain, started = await procs.until_ready(
+            self.proc, self.paths.requests, lambda line: line.rstrip() == READY_LINE,
+            START_TIMEOUT_S)
         if not started:
             await self.stop()
             tail = self.paths.requests.read_text(errors="replace").strip().splitlines()[-5:]
@@ -170,18 +159,6 @@ class GpServer:
                 f"GlobalProtect server for {self.host} did not start: "
                 f"{' | '.join(tail) or 'no output'}"
             )
-
-    async def _copy_output(self, ready: asyncio.Future[bool]) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        with self.paths.requests.open("ab") as out:
-            async for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                if line.rstrip() == READY_LINE and not ready.done():
-                    ready.set_result(True)
-        if not ready.done():
-            ready.set_result(False)
 
     async def stop(self) -> None:
         """Kill the server (it holds no state worth a goodbye); its port is free after."""

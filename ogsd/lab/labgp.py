@@ -19,7 +19,6 @@ from typing import Any
 from ogsd.lab import globalprotect
 from ogsd.lab.errors import LabError
 from ogsd.lab.labvpn import VpnGateways
-from ogsd.lab.vpnclient import OPENCONNECT
 
 # openconnect's list of a portal's gateways (auth-globalprotect.c): "  <label> (<name>)",
 # from 9.20 on followed by " [priority N]" or " [unprioritized]".
@@ -139,20 +138,12 @@ class GlobalProtectGateways(VpnGateways):
         """`openconnect --protocol=gp` to `portal` (a portal or gateway name) with the lab's
         user, the password on stdin, the lab's pin; `--authgroup` picks the gateway by
         label (openconnect: case-insensitive prefix), `--authenticate` stops after login."""
-        return [
-            OPENCONNECT,
+        return self.openconnect_argv(portal, user=user, args=[
             "--protocol=gp",
             *(["--authenticate"] if authenticate else []),
             *([f"--authgroup={authgroup}"] if authgroup is not None else []),
-            "--user",
-            user or self.vpn_user,
-            "--passwd-on-stdin",
-            "--non-inter",
-            "--servercert",
-            self.vpn_servercert,
             *args,
-            portal,
-        ]
+        ])
 
     def gp_authenticate(
         self,

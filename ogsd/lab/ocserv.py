@@ -16,6 +16,7 @@ import re
 import select
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,22 @@ def config(gw: GatewaySpec, spec: LabSpec, paths: Paths) -> str:
     return "".join(f"{k} = {v}\n" for k, v in settings)
 
 
+def _ready_check() -> Callable[[bytes], bool]:
+    """Reads ocserv's log lines: true once the main process and every security module
+    say they are ready (it accepts logins from then on)."""
+    main, secmods, expected = False, 0, 1
+
+    def ready(line: bytes) -> bool:
+        nonlocal main, secmods, expected
+        if (count := SECMOD_COUNT.search(line)) is not None:
+            expected = int(count.group(1))
+        main = main or MAIN_READY in line
+        secmods += SECMOD_READY in line
+        return main and secmods >= expected
+
+    return ready
+
+
 class Ocserv:
     """One running ocserv (foreground, its own process group), its log drained to a file."""
 
@@ -168,48 +185,17 @@ class Ocserv:
         (d / "ocserv.conf").write_text(self.conf)
         for stale in d.glob("*.sock*"):  # a crashed instance leaves its sockets behind
             stale.unlink(missing_ok=True)
-        self.proc = await asyncio.create_subprocess_exec(
-            OCSERV,
-            "--foreground",
-            "--config",
-            str(d / "ocserv.conf"),
-            stdin=subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = await procs.spawn([OCSERV, "--foreground", "--config",
+                                       str(d / "ocserv.conf")])
         self._pidfd = os.pidfd_open(self.proc.pid)
-        ready = asyncio.get_running_loop().create_future()
-        self._drain = asyncio.create_task(self._copy_output(ready))
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                started = await ready
-        except TimeoutError:
-            started = False
+        self._drain, started = await procs.until_ready(self.proc, self.log, _ready_check(),
+                                                       START_TIMEOUT_S)
         if not started:
             await self.stop()
             tail = self.log.read_text(errors="replace").strip().splitlines()[-5:]
             raise OcservError(
                 f"ocserv for {self.host} did not start: {' | '.join(tail) or 'no output'}"
             )
-
-    async def _copy_output(self, ready: asyncio.Future[bool]) -> None:
-        """Copy ocserv's output to its log (a full pipe would block it); mark readiness."""
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        main, secmods, expected = False, 0, 1
-        with self.log.open("ab") as out:
-            async for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                if (count := SECMOD_COUNT.search(line)) is not None:
-                    expected = int(count.group(1))
-                main = main or MAIN_READY in line
-                secmods += SECMOD_READY in line
-                if main and secmods >= expected and not ready.done():
-                    ready.set_result(True)
-        if not ready.done():
-            ready.set_result(False)  # exited before it was ready
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop the instance, and wait until its ports are free for the next one.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 # A process that ignores SIGTERM this long gets SIGKILL (openconnect's logout is one RTT).
@@ -16,6 +17,41 @@ STOP_TIMEOUT_S = 3.0
 # What vpnc-script leaves in /var/run/vpnc for an openconnect pid when it is not run at exit.
 VPNC_STATE = Path("/var/run/vpnc")
 VPNC_FILES = ("resolv.conf-backup", "defaultroute", "defaultroute_ipv6")
+
+
+async def spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
+    """A lab server: in a session (process group) of its own, its output on one pipe."""
+    return await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+
+async def until_ready(proc: asyncio.subprocess.Process, log: Path,
+                      ready: Callable[[bytes], bool],
+                      within: float) -> tuple[asyncio.Task[None], bool]:
+    """Copy `proc`'s output to `log` as it comes (a full pipe would block it), in a task
+    that lives as long as the output; whether a line made `ready` true before the output
+    ended or `within` seconds passed."""
+    assert proc.stdout is not None
+    output = proc.stdout
+    became: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def copy() -> None:
+        with log.open("ab") as out:
+            async for line in output:
+                out.write(line)
+                out.flush()
+                if not became.done() and ready(line):
+                    became.set_result(True)
+        if not became.done():
+            became.set_result(False)  # exited before it was ready
+
+    drain = asyncio.create_task(copy())
+    try:
+        async with asyncio.timeout(within):
+            return drain, await became
+    except TimeoutError:
+        return drain, False
 
 
 def is_ours(pid: int, state_dir: Path) -> bool:
