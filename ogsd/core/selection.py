@@ -38,21 +38,30 @@ class Ranked:
         return self.tiers.get(host, math.inf)
 
 
+# A gateway without a priority for our region: after every numbered tier (openconnect's
+# INT_MAX); a manual-only one after even those (math.inf): measured, never to lead.
+NO_PRIORITY = float(2**31 - 1)
+
+
 def tier_of(gateway: Gateway) -> float:
-    """A GlobalProtect priority as a sort key: lower first, none after every number."""
-    return math.inf if gateway.priority is None else float(gateway.priority)
+    """A gateway's GlobalProtect tier as a sort key, lower first (AnyConnect gateways,
+    with no priority, share one)."""
+    if gateway.manual_only:
+        return math.inf
+    return NO_PRIORITY if gateway.priority is None else float(gateway.priority)
 
 
 def tier_name(tier: float) -> str:
-    return "no priority" if math.isinf(tier) else f"priority {tier:g}"
+    if math.isinf(tier):
+        return "manual only"
+    return "no priority" if tier == NO_PRIORITY else f"priority {tier:g}"
 
 
 def tier_labels(gateways: Sequence[Gateway]) -> dict[str, str]:
     """Each gateway's tier as tables show it; empty when none has one (AnyConnect)."""
     if not any(g.priority is not None or g.manual_only for g in gateways):
         return {}
-    return {g.host: "manual only" if g.manual_only else tier_name(tier_of(g))
-            for g in gateways}
+    return {g.host: tier_name(tier_of(g)) for g in gateways}
 
 
 def rank(results: Sequence[GatewayResult], metric: Metric,

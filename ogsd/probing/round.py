@@ -19,7 +19,6 @@ check meets a captive portal, or at the deadline.
 from __future__ import annotations
 
 import errno
-import math
 import socket
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from ogsd.config.proxy import Proxy
 from ogsd.core.addrorder import Candidate
 from ogsd.core.models import Gateway, GatewayResult, Metric, ProbeSample, ProxyCheck
 from ogsd.core.rounds import ProbeState, cancel_reason
+from ogsd.core.selection import tier_of
 from ogsd.probing import portal
 from ogsd.probing.addresses import ResolveError, Resolver, resolve
 from ogsd.probing.pacing import EXCHANGE_TLS_TURNS, IN_FLIGHT_MAX, TLS_TURNS, Turns, socket_budget
@@ -50,7 +50,6 @@ log = structlog.get_logger("ogsd.probing.probe")
 # it (three), so this only absorbs scheduling noise; a silent port 80 costs this, once.
 CHECK_GRACE_AFTER_ROUND_S = 0.1
 _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
-UNPRIORITIZED = float(2**31 - 1)  # a GlobalProtect gateway's tier without a priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,12 +309,10 @@ class _Round:
 
 def _tiers(gateways: Sequence[Gateway]) -> dict[str, float] | None:
     """GlobalProtect tiers by round key (ogsd.core.rounds); None when no gateway has one.
-    No priority ranks after every number (openconnect's INT_MAX); a manual-only gateway is
-    measured (it is shown) but must never lead: below even those."""
+    A manual-only gateway is measured (it is shown) but never leads."""
     if not any(g.priority is not None or g.manual_only for g in gateways):
         return None
-    return {_key(g): math.inf if g.manual_only
-            else UNPRIORITIZED if g.priority is None else float(g.priority) for g in gateways}
+    return {_key(g): tier_of(g) for g in gateways}
 
 
 def _key(gateway: Gateway) -> str:
